@@ -1,0 +1,207 @@
+// Package app is the composition root: it builds every capability from the
+// Config, starts them in dependency order and stops them in reverse.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/duskchat/dusk-relay/internal/config"
+	"github.com/duskchat/dusk-relay/internal/directory"
+	"github.com/duskchat/dusk-relay/internal/federation"
+	"github.com/duskchat/dusk-relay/internal/gif"
+	"github.com/duskchat/dusk-relay/internal/identity"
+	"github.com/duskchat/dusk-relay/internal/metrics"
+	"github.com/duskchat/dusk-relay/internal/p2p"
+	"github.com/duskchat/dusk-relay/internal/rendezvous"
+	"github.com/duskchat/dusk-relay/internal/turn"
+	"github.com/duskchat/dusk-relay/internal/turnauth"
+	"github.com/duskchat/dusk-relay/internal/turncreds"
+)
+
+// ShutdownTimeout bounds the whole stop sequence (SPEC §9: exit within 5 s).
+const ShutdownTimeout = 4 * time.Second
+
+// stopper is one started capability, stopped in reverse start order.
+type stopper struct {
+	name string
+	stop func(ctx context.Context) error
+}
+
+// Run starts the daemon and blocks until ctx is cancelled, then shuts down.
+// It writes the relay address lines to stdout once listening.
+func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Writer, version string) (err error) {
+	var stops []stopper
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+		defer cancel()
+		for i := len(stops) - 1; i >= 0; i-- {
+			if serr := stops[i].stop(sctx); serr != nil {
+				log.Warn("stop "+stops[i].name, zap.Error(serr))
+			} else {
+				log.Debug("stopped " + stops[i].name)
+			}
+		}
+		log.Info("dusk-relay stopped")
+	}()
+	onStop := func(name string, fn func(ctx context.Context) error) {
+		stops = append(stops, stopper{name: name, stop: fn})
+	}
+	closer := func(fn func() error) func(context.Context) error {
+		return func(context.Context) error { return fn() }
+	}
+
+	logStartup(log, cfg, version)
+
+	var reg prometheus.Registerer
+	var ops *metrics.Server
+	if cfg.MetricsEnabled() {
+		registry := metrics.NewRegistry()
+		reg = registry
+		ops, err = metrics.New(cfg.MetricsAddr, registry, log.Named("metrics"))
+		if err != nil {
+			return err
+		}
+		onStop("metrics", ops.Close)
+		log.Info("metrics listening", zap.Stringer("addr", ops.Addr()))
+	}
+
+	key, err := identity.LoadOrCreate(cfg.DataDir, log.Named("identity"))
+	if err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+
+	opts := p2p.Options{Version: version, PublicHost: cfg.PublicHost}
+	if !cfg.PublicIPGuessed {
+		opts.PublicIP = cfg.PublicIP
+	}
+	node, err := p2p.New(ctx, cfg.Relay, opts, key, log.Named("p2p"), reg)
+	if err != nil {
+		return fmt.Errorf("libp2p host: %w", err)
+	}
+	onStop("libp2p host", closer(node.Close))
+	h := node.Host()
+	if ops != nil {
+		ops.AddCheck("libp2p", func() error {
+			if len(h.Network().ListenAddresses()) == 0 {
+				return errors.New("not listening")
+			}
+			return nil
+		})
+	}
+
+	if cfg.TURN.Enabled {
+		secret, err := turnauth.LoadOrCreateSecret(cfg.DataDir, cfg.Secret, log.Named("turn"))
+		if err != nil {
+			return fmt.Errorf("turn secret: %w", err)
+		}
+		if cfg.PublicIPGuessed {
+			log.Warn("DUSK_TURN_PUBLIC_IP not set; TURN relayed addresses use a guessed IP",
+				zap.String("ip", cfg.PublicIP))
+		}
+		ts, err := turn.New(cfg.TURN, secret, log.Named("turn"), reg)
+		if err != nil {
+			return fmt.Errorf("turn: %w", err)
+		}
+		onStop("turn", closer(ts.Close))
+		if ops != nil {
+			ops.AddCheck("turn", ts.Ready)
+		}
+		turncreds.New(cfg.TURN, secret, log.Named("turncreds"), reg).Attach(ctx, h)
+	} else {
+		log.Info("TURN server disabled (DUSK_TURN_ENABLED=false)")
+	}
+
+	store, err := directory.Open(directory.Path(cfg.DataDir), log.Named("directory"))
+	if err != nil {
+		return fmt.Errorf("directory: %w", err)
+	}
+	onStop("directory", closer(store.Close))
+	if ops != nil {
+		ops.AddCheck("directory", func() error {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			return store.Ping(pctx)
+		})
+	}
+	directory.NewService(store, cfg.Directory, log.Named("directory"), reg).Attach(ctx, h)
+
+	gifs := gif.New(cfg.Gif, log.Named("gif"), reg)
+	onStop("gif", closer(gifs.Close))
+	gifs.Attach(ctx, h)
+
+	fed, err := federation.New(ctx, h, cfg.Relay, log.Named("federation"), reg)
+	if err != nil {
+		return fmt.Errorf("federation: %w", err)
+	}
+	onStop("federation", closer(fed.Close))
+
+	rdv := rendezvous.New(cfg.Rendezvous, log.Named("rendezvous"), reg,
+		rendezvous.WithOnRegister(func(p peer.ID, ns string, ttl time.Duration) {
+			fed.Publish(p, ns, ttl)
+		}))
+	onStop("rendezvous", closer(rdv.Close))
+	rdv.Attach(h)
+
+	printAddresses(stdout, node, h.ID())
+	if ops != nil {
+		ops.SetStarted(true)
+	}
+	log.Info("dusk-relay ready", zap.Stringer("peer_id", h.ID()))
+
+	<-ctx.Done()
+	log.Info("shutting down", zap.NamedError("reason", context.Cause(ctx)))
+	if ops != nil {
+		ops.SetStarted(false)
+	}
+	return nil
+}
+
+func printAddresses(w io.Writer, node *p2p.Node, id peer.ID) {
+	port := "0"
+	for _, a := range node.ListenAddrs() {
+		if p, err := a.ValueForProtocol(ma.P_TCP); err == nil {
+			port = p
+			break
+		}
+	}
+	fmt.Fprintf(w, "relay address: /ip4/0.0.0.0/tcp/%s/p2p/%s\n", port, id)
+	for _, a := range node.AnnouncedAddrs() {
+		fmt.Fprintf(w, "announced address: %s/p2p/%s\n", a, id)
+	}
+}
+
+// logStartup records the effective configuration; secrets are redacted.
+func logStartup(log *zap.Logger, cfg *config.Config, version string) {
+	secret := "generated (persisted in data dir)"
+	if cfg.Secret != "" {
+		secret = "set (redacted)"
+	}
+	klipy := "unset"
+	if cfg.KlipyAPIKey != "" {
+		klipy = "set (redacted)"
+	}
+	log.Info("dusk-relay starting",
+		zap.String("version", version),
+		zap.String("data_dir", cfg.DataDir),
+		zap.Uint16("port", cfg.Port),
+		zap.Int("max_connections", cfg.MaxConns),
+		zap.Int("peer_relays", len(cfg.PeerRelays)),
+		zap.Bool("turn_enabled", bool(cfg.TURN.Enabled)),
+		zap.String("turn_public_ip", cfg.PublicIP),
+		zap.String("turn_host", cfg.CredentialHost()),
+		zap.Uint16("turn_udp_port", cfg.UDPPort),
+		zap.Uint16("turn_tcp_port", cfg.TCPPort),
+		zap.String("turn_secret", secret),
+		zap.String("klipy_api_key", klipy),
+		zap.String("metrics_addr", cfg.MetricsAddr),
+	)
+}
