@@ -78,17 +78,33 @@ func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
 // Unmarshal decodes one CBOR item; trailing bytes are an error.
 func Unmarshal(data []byte, v any) error { return decMode.Unmarshal(data, v) }
 
+// Option adjusts Serve.
+type Option func(*serveOptions)
+
+type serveOptions struct {
+	readTimeout time.Duration
+}
+
+// WithReadTimeout replaces ReadTimeout (tests use short ones).
+func WithReadTimeout(d time.Duration) Option {
+	return func(o *serveOptions) { o.readTimeout = d }
+}
+
 // Serve registers handler for proto on h. Each stream carries exactly one
 // request and one response.
-func Serve(ctx context.Context, h host.Host, proto protocol.ID, log *zap.Logger, handler Handler) {
+func Serve(ctx context.Context, h host.Host, proto protocol.ID, log *zap.Logger, handler Handler, opts ...Option) {
+	o := serveOptions{readTimeout: ReadTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	h.SetStreamHandler(proto, func(s network.Stream) {
-		handleStream(ctx, s, log, handler)
+		handleStream(ctx, s, log, handler, o)
 	})
 }
 
-func handleStream(ctx context.Context, s network.Stream, log *zap.Logger, handler Handler) {
+func handleStream(ctx context.Context, s network.Stream, log *zap.Logger, handler Handler, o serveOptions) {
 	remote := s.Conn().RemotePeer()
-	_ = s.SetReadDeadline(time.Now().Add(ReadTimeout))
+	_ = s.SetReadDeadline(time.Now().Add(o.readTimeout))
 	req, err := ReadAll(s, MaxRequestSize)
 	if err != nil {
 		log.Debug("bad request stream", zap.String("protocol", string(s.Protocol())),
