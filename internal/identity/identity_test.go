@@ -2,8 +2,8 @@ package identity
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"io/fs"
 	"os"
