@@ -1,0 +1,441 @@
+// Package rendezvous serves /rendezvous/1.0.0 for rust-libp2p 0.54
+// (libp2p-rendezvous 0.15) clients, over the wire types of
+// github.com/waku-org/go-libp2p-rendezvous/pb.
+//
+// Waku's own RendezvousService is not used: it resets streams after
+// answering, omits or hashes cookies, and accepts inputs Rust rejects. This
+// handler answers the way the Rust server does:
+//
+//   - one request per stream, varint-delimited protobuf of at most 1 MiB,
+//     answered then closed gracefully (Close, never Reset); UNREGISTER gets
+//     no answer;
+//   - DiscoverResponse OK always carries a cookie in Rust's format (8-byte
+//     big-endian id, then the namespace unless discovering every namespace)
+//     and every registration carries ns, signedPeerRecord and ttl (the
+//     remaining lifetime in seconds); RegisterResponse OK carries ttl;
+//   - a discover response is kept under Rust's 1 MiB frame cap: it may hold
+//     fewer registrations than the limit, and the cookie continues after it.
+//
+// Limits: namespace 1-255 bytes of UTF-8; TTL in [MinTTL, MaxTTL] (absent =
+// 2 h, clamped into that range); signed peer records up to MaxRecordSize,
+// Ed25519-signed, for the sending peer. Each peer may hold at most
+// DefaultMaxPerPeer live registrations (E_NOT_AUTHORIZED beyond, as waku
+// does) and the server at most DefaultMaxRegistrations (E_UNAVAILABLE).
+package rendezvous
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-msgio/pbio"
+	"github.com/prometheus/client_golang/prometheus"
+	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
+	"go.uber.org/zap"
+
+	"github.com/duskchat/dusk-relay/internal/config"
+)
+
+// Protocol is the rendezvous protocol ID.
+const Protocol = protocol.ID("/rendezvous/1.0.0")
+
+const (
+	// DefaultTTL applies when a Register carries no TTL (rust-libp2p DEFAULT_TTL).
+	DefaultTTL = 2 * time.Hour
+	// MaxMessageSize is the largest request read and the cap every
+	// response stays under (rust-libp2p's codec limit).
+	MaxMessageSize = 1 << 20
+	// StreamTimeout bounds reading the request and writing the answer.
+	StreamTimeout = 15 * time.Second
+	// DefaultMaxPerPeer caps live registrations per peer (one per namespace).
+	DefaultMaxPerPeer = 1000
+	// DefaultMaxRegistrations caps live registrations in total.
+	DefaultMaxRegistrations = 1_000_000
+	// DefaultSweepInterval is how often expired registrations are dropped;
+	// reads skip expired ones in between.
+	DefaultSweepInterval = time.Minute
+
+	// responseBudget leaves room for the DiscoverResponse envelope
+	// (type, status, cookie of at most 263 bytes) under MaxMessageSize.
+	responseBudget = MaxMessageSize - 1024
+	sweepBatch     = 4096
+)
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithOnRegister sets a hook called after every successful registration
+// (new or refreshed) with the registering peer, namespace and granted TTL.
+// It runs synchronously on the stream's goroutine after the store lock is
+// released and before the answer is written: the callee must not block
+// (hand off to a channel or goroutine), or it delays the client's answer.
+// It may still be called while Close is waiting for in-flight streams.
+func WithOnRegister(fn func(p peer.ID, ns string, ttl time.Duration)) Option {
+	return func(s *Server) { s.onRegister = fn }
+}
+
+// WithClock replaces time.Now for expiry (tests).
+func WithClock(now func() time.Time) Option {
+	return func(s *Server) { s.now = now }
+}
+
+// WithMaxPerPeer overrides DefaultMaxPerPeer.
+func WithMaxPerPeer(n int) Option {
+	return func(s *Server) { s.maxPerPeer = n }
+}
+
+// WithMaxRegistrations overrides DefaultMaxRegistrations.
+func WithMaxRegistrations(n int) Option {
+	return func(s *Server) { s.maxTotal = n }
+}
+
+// WithSweepInterval overrides DefaultSweepInterval.
+func WithSweepInterval(d time.Duration) Option {
+	return func(s *Server) { s.sweepEvery = d }
+}
+
+// Server is the rendezvous point. Create with New, serve with Attach.
+type Server struct {
+	cfg        config.Rendezvous
+	log        *zap.Logger
+	now        func() time.Time
+	onRegister func(peer.ID, string, time.Duration)
+	maxPerPeer int
+	maxTotal   int
+	sweepEvery time.Duration
+	m          metrics
+
+	mu    sync.Mutex // guards store
+	store *store
+
+	life     sync.Mutex // guards host, closed and Add on handlers
+	host     host.Host
+	closed   bool
+	handlers sync.WaitGroup
+	stop     chan struct{}
+	sweeper  sync.WaitGroup
+	once     sync.Once
+}
+
+// New builds a Server. reg may be nil (metrics not registered).
+func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts ...Option) *Server {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        log,
+		now:        time.Now,
+		maxPerPeer: DefaultMaxPerPeer,
+		maxTotal:   DefaultMaxRegistrations,
+		sweepEvery: DefaultSweepInterval,
+		stop:       make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.cfg.MaxDiscover < 1 {
+		s.cfg.MaxDiscover = 1000
+	}
+	if s.cfg.MinTTL <= 0 {
+		s.cfg.MinTTL = DefaultTTL
+	}
+	if s.cfg.MaxTTL < s.cfg.MinTTL {
+		s.cfg.MaxTTL = s.cfg.MinTTL
+	}
+	// Ids start at the wall clock in nanoseconds so they keep growing
+	// across restarts: a cookie kept by a client from a previous run then
+	// points before every registration of this run and yields them all.
+	first := uint64(0)
+	if n := s.now().UnixNano(); n > 0 {
+		first = uint64(n)
+	}
+	s.store = newStore(first, s.maxPerPeer, s.maxTotal)
+	s.m = newMetrics(reg, s.Registrations, log)
+	return s
+}
+
+// Attach installs the stream handler on h and starts the expiry sweeper.
+// Call it once.
+func (s *Server) Attach(h host.Host) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed || s.host != nil {
+		return
+	}
+	s.host = h
+	h.SetStreamHandler(Protocol, s.handle)
+	s.sweeper.Add(1)
+	go s.sweepLoop()
+}
+
+// Close removes the stream handler, stops the sweeper and waits for
+// in-flight streams (each bounded by StreamTimeout). It does not close the
+// host. Safe to call more than once.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.life.Lock()
+		s.closed = true
+		h := s.host
+		s.life.Unlock()
+		if h != nil {
+			h.RemoveStreamHandler(Protocol)
+		}
+		close(s.stop)
+		s.sweeper.Wait()
+		s.handlers.Wait()
+	})
+	return nil
+}
+
+// Registrations returns the number of live (unexpired) registrations.
+func (s *Server) Registrations() int {
+	s.sweep()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.store.len()
+}
+
+func (s *Server) sweepLoop() {
+	defer s.sweeper.Done()
+	t := time.NewTicker(s.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.sweep()
+		}
+	}
+}
+
+// sweep drops expired registrations in batches so the lock is never held
+// for long even when many expire at once.
+func (s *Server) sweep() {
+	for {
+		now := s.now()
+		s.mu.Lock()
+		gone := s.store.expire(now, sweepBatch)
+		s.mu.Unlock()
+		for _, e := range gone {
+			s.log.Debug("registration expired", zap.Stringer("peer", e.peer), zap.String("namespace", e.ns))
+		}
+		if len(gone) < sweepBatch {
+			return
+		}
+	}
+}
+
+func (s *Server) handle(str network.Stream) {
+	s.life.Lock()
+	if s.closed {
+		s.life.Unlock()
+		_ = str.Reset()
+		return
+	}
+	s.handlers.Add(1)
+	s.life.Unlock()
+	defer s.handlers.Done()
+
+	remote := str.Conn().RemotePeer()
+	_ = str.SetDeadline(time.Now().Add(StreamTimeout))
+
+	var req pb.Message
+	if err := pbio.NewDelimitedReader(str, MaxMessageSize).ReadMsg(&req); err != nil {
+		s.bad(str, remote, "read request", err)
+		return
+	}
+	if req.Type == nil {
+		s.bad(str, remote, "request without type", nil)
+		return
+	}
+
+	var resp *pb.Message
+	switch req.GetType() {
+	case pb.Message_REGISTER:
+		if req.Register == nil {
+			s.bad(str, remote, "REGISTER without body", nil)
+			return
+		}
+		resp = &pb.Message{
+			Type:             pb.Message_REGISTER_RESPONSE.Enum(),
+			RegisterResponse: s.register(remote, req.Register),
+		}
+	case pb.Message_UNREGISTER:
+		if req.Unregister == nil {
+			s.bad(str, remote, "UNREGISTER without body", nil)
+			return
+		}
+		s.unregister(remote, req.Unregister.GetNs())
+		_ = str.Close()
+		return
+	case pb.Message_DISCOVER:
+		if req.Discover == nil {
+			s.bad(str, remote, "DISCOVER without body", nil)
+			return
+		}
+		resp = &pb.Message{
+			Type:             pb.Message_DISCOVER_RESPONSE.Enum(),
+			DiscoverResponse: s.discover(remote, req.Discover),
+		}
+	default:
+		s.bad(str, remote, "unexpected message type "+req.GetType().String(), nil)
+		return
+	}
+
+	if err := pbio.NewDelimitedWriter(str).WriteMsg(resp); err != nil {
+		s.log.Debug("write response", zap.Stringer("peer", remote), zap.Error(err))
+		_ = str.Reset()
+		return
+	}
+	if err := str.Close(); err != nil {
+		s.log.Debug("close stream", zap.Stringer("peer", remote), zap.Error(err))
+	}
+}
+
+// bad resets a stream whose request could not be understood.
+func (s *Server) bad(str network.Stream, remote peer.ID, what string, err error) {
+	s.m.malformed.Inc()
+	s.log.Debug("bad rendezvous request", zap.Stringer("peer", remote), zap.String("reason", what), zap.Error(err))
+	_ = str.Reset()
+}
+
+func (s *Server) registerError(remote peer.ID, ns string, status pb.Message_ResponseStatus, err error) *pb.Message_RegisterResponse {
+	s.m.errors.WithLabelValues(status.String()).Inc()
+	s.log.Debug("registration rejected", zap.Stringer("peer", remote), zap.String("namespace", ns),
+		zap.Stringer("status", status), zap.Error(err))
+	text := err.Error()
+	return &pb.Message_RegisterResponse{Status: status.Enum(), StatusText: &text}
+}
+
+func (s *Server) register(remote peer.ID, r *pb.Message_Register) *pb.Message_RegisterResponse {
+	ns := r.GetNs()
+	if !validNamespace(ns) {
+		return s.registerError(remote, ns, pb.Message_E_INVALID_NAMESPACE, errors.New("namespace must be 1-255 bytes of UTF-8"))
+	}
+	recPeer, err := parseRecord(r.GetSignedPeerRecord())
+	if err != nil {
+		return s.registerError(remote, ns, pb.Message_E_INVALID_SIGNED_PEER_RECORD, err)
+	}
+	if recPeer != remote {
+		return s.registerError(remote, ns, pb.Message_E_NOT_AUTHORIZED, errors.New("signed peer record is not for the sending peer"))
+	}
+	ttl, ok := s.ttl(r.Ttl)
+	if !ok {
+		return s.registerError(remote, ns, pb.Message_E_INVALID_TTL, errors.New("ttl out of range"))
+	}
+
+	expires := s.now().Add(ttl)
+	s.mu.Lock()
+	replaced, err := s.store.add(remote, ns, r.GetSignedPeerRecord(), expires)
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, errPeerLimit):
+		return s.registerError(remote, ns, pb.Message_E_NOT_AUTHORIZED, err)
+	case err != nil:
+		return s.registerError(remote, ns, pb.Message_E_UNAVAILABLE, err)
+	}
+
+	s.m.registers.Inc()
+	// Clients refresh every 120 s; only a new registration is worth info.
+	lvl := zap.InfoLevel
+	if replaced {
+		lvl = zap.DebugLevel
+	}
+	if ce := s.log.Check(lvl, "peer registered"); ce != nil {
+		ce.Write(zap.Stringer("peer", remote), zap.String("namespace", ns), zap.Duration("ttl", ttl), zap.Bool("refresh", replaced))
+	}
+	if s.onRegister != nil {
+		s.onRegister(remote, ns, ttl)
+	}
+	secs := uint64(ttl / time.Second)
+	return &pb.Message_RegisterResponse{Status: pb.Message_OK.Enum(), Ttl: &secs}
+}
+
+// ttl applies the defaults and bounds of a requested TTL (seconds).
+func (s *Server) ttl(req *uint64) (time.Duration, bool) {
+	if req == nil {
+		// Absent means 2 h, kept inside the configured bounds so a relay
+		// configured with MIN_TTL > 2h does not reject every default.
+		return min(max(DefaultTTL, s.cfg.MinTTL), s.cfg.MaxTTL), true
+	}
+	secs := *req
+	if secs > uint64(s.cfg.MaxTTL/time.Second) { // compare before converting: no overflow
+		return 0, false
+	}
+	d := time.Duration(secs) * time.Second
+	if d < s.cfg.MinTTL || d > s.cfg.MaxTTL {
+		return 0, false
+	}
+	return d, true
+}
+
+func (s *Server) unregister(remote peer.ID, ns string) {
+	s.mu.Lock()
+	n := s.store.unregister(remote, ns)
+	s.mu.Unlock()
+	s.m.unregisters.Inc()
+	s.log.Debug("peer unregistered", zap.Stringer("peer", remote), zap.String("namespace", ns), zap.Int("removed", n))
+}
+
+func (s *Server) discoverError(remote peer.ID, status pb.Message_ResponseStatus, err error) *pb.Message_DiscoverResponse {
+	s.m.errors.WithLabelValues(status.String()).Inc()
+	s.log.Debug("discover rejected", zap.Stringer("peer", remote), zap.Stringer("status", status), zap.Error(err))
+	text := err.Error()
+	return &pb.Message_DiscoverResponse{Status: status.Enum(), StatusText: &text}
+}
+
+func (s *Server) discover(remote peer.ID, d *pb.Message_Discover) *pb.Message_DiscoverResponse {
+	ns := d.GetNs()
+	if ns != "" && !validNamespace(ns) {
+		return s.discoverError(remote, pb.Message_E_INVALID_NAMESPACE, errors.New("namespace must be 1-255 bytes of UTF-8"))
+	}
+	limit := s.cfg.MaxDiscover
+	if l := d.GetLimit(); l > 0 && l < uint64(limit) {
+		limit = int(l)
+	}
+	var after uint64
+	if d.Cookie != nil {
+		id, cns, err := decodeCookie(d.Cookie)
+		if err != nil {
+			return s.discoverError(remote, pb.Message_E_INVALID_COOKIE, err)
+		}
+		// Same rule as the Rust server: a namespace cookie only continues
+		// the same namespace; an all-namespaces cookie is accepted anywhere.
+		if cns != "" && cns != ns {
+			return s.discoverError(remote, pb.Message_E_INVALID_COOKIE, errors.New("cookie is for another namespace"))
+		}
+		after = id
+	}
+
+	now := s.now()
+	s.mu.Lock()
+	hits := s.store.discover(ns, after, limit, responseBudget, now)
+	s.mu.Unlock()
+
+	regs := make([]*pb.Message_Register, len(hits))
+	for i, h := range hits {
+		// Remaining lifetime, rounded up so a live registration never says 0.
+		secs := uint64((h.expires.Sub(now) + time.Second - 1) / time.Second)
+		regs[i] = &pb.Message_Register{Ns: &h.ns, SignedPeerRecord: h.record, Ttl: &secs}
+	}
+	// The cookie continues after the last registration returned; with
+	// nothing returned, from where the request started.
+	if len(hits) > 0 {
+		after = hits[len(hits)-1].id
+	}
+	s.m.discovers.Inc()
+	s.m.served.Add(float64(len(hits)))
+	// Debug: clients re-discover every 120 s per namespace.
+	s.log.Debug("served registrations", zap.Int("count", len(hits)), zap.Stringer("peer", remote), zap.String("namespace", ns))
+	return &pb.Message_DiscoverResponse{
+		Status:        pb.Message_OK.Enum(),
+		Registrations: regs,
+		Cookie:        encodeCookie(after, ns),
+	}
+}
