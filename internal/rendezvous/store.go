@@ -226,7 +226,7 @@ func (s *store) discover(ns string, after uint64, limit, maxBytes int, now time.
 		after = 0
 	}
 	start := sort.Search(len(ix.entries), func(i int) bool { return ix.entries[i].id > after })
-	var out []hit
+	out := make([]hit, 0, min(limit, len(ix.entries)-start))
 	size := 0
 	for _, e := range ix.entries[start:] {
 		if len(out) >= limit {
