@@ -93,6 +93,11 @@ func WithMaxRegistrations(n int) Option {
 	return func(s *Server) { s.maxTotal = n }
 }
 
+// WithStreamTimeout overrides StreamTimeout (tests).
+func WithStreamTimeout(d time.Duration) Option {
+	return func(s *Server) { s.timeout = d }
+}
+
 // WithSweepInterval overrides DefaultSweepInterval.
 func WithSweepInterval(d time.Duration) Option {
 	return func(s *Server) { s.sweepEvery = d }
@@ -107,6 +112,7 @@ type Server struct {
 	maxPerPeer int
 	maxTotal   int
 	sweepEvery time.Duration
+	timeout    time.Duration
 	m          metrics
 
 	mu    sync.Mutex // guards store
@@ -133,6 +139,7 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 		maxPerPeer: DefaultMaxPerPeer,
 		maxTotal:   DefaultMaxRegistrations,
 		sweepEvery: DefaultSweepInterval,
+		timeout:    StreamTimeout,
 		stop:       make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -243,7 +250,7 @@ func (s *Server) handle(str network.Stream) {
 	defer s.handlers.Done()
 
 	remote := str.Conn().RemotePeer()
-	_ = str.SetDeadline(time.Now().Add(StreamTimeout))
+	_ = str.SetDeadline(time.Now().Add(s.timeout))
 
 	var req pb.Message
 	if err := pbio.NewDelimitedReader(str, MaxMessageSize).ReadMsg(&req); err != nil {

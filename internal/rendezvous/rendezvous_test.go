@@ -234,7 +234,7 @@ func recordPeer(t testing.TB, b []byte) peer.ID {
 // eventually polls cond a bounded number of times.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	for i := 0; i < 200; i++ {
+	for i := 0; i < 500; i++ {
 		if cond() {
 			return
 		}
@@ -738,5 +738,17 @@ func TestCloseRemovesHandler(t *testing.T) {
 	}
 	if err == nil {
 		t.Fatal("stream to a closed server succeeded")
+	}
+}
+
+func TestSilentClientIsReset(t *testing.T) {
+	_, sh := startServer(t, nil, WithStreamTimeout(200*time.Millisecond))
+	c := clients(t, sh, 1)[0]
+	s := openStream(t, c, sh.ID()) // its own deadline is 10 s
+	defer s.Close()
+	_, _ = s.Write([]byte{0x20}) // a length prefix, then nothing
+	b, err := io.ReadAll(s)
+	if len(b) != 0 || !errors.Is(err, network.ErrReset) {
+		t.Fatalf("got %x, %v; want a reset from the server's read deadline", b, err)
 	}
 }
