@@ -1,0 +1,227 @@
+// Package lightpeer is a libp2p client connection without a host: TCP,
+// noise, yamux with its own identity, negotiated by go-libp2p's own
+// upgrader. A go-libp2p host costs ~230 KiB and a dozen goroutines; the
+// bench needs 10k-100k distinct identities, so each connection is just an
+// upgraded TCP connection that answers identify (as Dusk's rust clients do)
+// and can open streams.
+package lightpeer
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/sec"
+	"github.com/libp2p/go-libp2p/core/transport"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/upgrader"
+	idpb "github.com/libp2p/go-libp2p/p2p/protocol/identify/pb"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	"github.com/libp2p/go-msgio/pbio"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	mss "github.com/multiformats/go-multistream"
+	"google.golang.org/protobuf/proto"
+)
+
+// Protocol IDs spoken by the light peer.
+const (
+	IdentifyID = "/ipfs/id/1.0.0"
+	PingID     = "/ipfs/ping/1.0.0"
+)
+
+// ErrPing marks a ping whose echo did not match.
+var ErrPing = errors.New("lightpeer: ping echo mismatch")
+
+var muxers = []upgrader.StreamMuxer{{ID: yamux.ID, Muxer: yamux.DefaultTransport}}
+
+// Conn is one upgraded connection with its own identity.
+type Conn struct {
+	Key    crypto.PrivKey
+	ID     peer.ID
+	Remote peer.ID
+	cc     transport.CapableConn
+	idMsg  *idpb.Identify
+	wg     sync.WaitGroup
+}
+
+// NewKey returns a fresh Ed25519 identity.
+func NewKey() (crypto.PrivKey, peer.ID, error) {
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := peer.IDFromPrivateKey(k)
+	return k, id, err
+}
+
+// Dial connects to remote at addr as key (a fresh identity when nil).
+func Dial(ctx context.Context, key crypto.PrivKey, addr ma.Multiaddr, remote peer.ID) (*Conn, error) {
+	if key == nil {
+		var err error
+		if key, _, err = NewKey(); err != nil {
+			return nil, err
+		}
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	st, err := noise.New(noise.ID, key, muxers)
+	if err != nil {
+		return nil, fmt.Errorf("lightpeer: noise: %w", err)
+	}
+	u, err := upgrader.New([]sec.SecureTransport{st}, muxers, nil, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("lightpeer: upgrader: %w", err)
+	}
+	var d manet.Dialer
+	raw, err := d.DialContext(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("lightpeer: dial: %w", err)
+	}
+	cc, err := u.Upgrade(ctx, nil, raw, network.DirOutbound, remote, &network.NullScope{})
+	if err != nil {
+		return nil, fmt.Errorf("lightpeer: upgrade: %w", err)
+	}
+	c := &Conn{Key: key, ID: id, Remote: remote, cc: cc}
+	pub, err := crypto.MarshalPublicKey(key.GetPublic())
+	if err != nil {
+		_ = cc.Close()
+		return nil, err
+	}
+	c.idMsg = &idpb.Identify{
+		ProtocolVersion: proto.String("ipfs/0.1.0"),
+		AgentVersion:    proto.String("dusk-bench"),
+		PublicKey:       pub,
+		ObservedAddr:    cc.RemoteMultiaddr().Bytes(),
+		Protocols:       []string{IdentifyID, PingID},
+	}
+	c.wg.Add(1)
+	go c.serve()
+	return c, nil
+}
+
+// serve answers the streams the daemon opens (identify; anything else is
+// refused by multistream) until the connection closes.
+func (c *Conn) serve() {
+	defer c.wg.Done()
+	m := mss.NewMultistreamMuxer[protocol.ID]()
+	m.AddHandler(IdentifyID, nil)
+	m.AddHandler(PingID, nil)
+	for {
+		s, err := c.cc.AcceptStream()
+		if err != nil {
+			return
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			_ = s.SetDeadline(time.Now().Add(30 * time.Second))
+			p, _, err := m.Negotiate(s)
+			if err != nil {
+				_ = s.Reset()
+				return
+			}
+			switch p {
+			case IdentifyID:
+				if err := pbio.NewDelimitedWriter(s).WriteMsg(c.idMsg); err != nil {
+					_ = s.Reset()
+					return
+				}
+				_ = s.Close()
+			case PingID:
+				buf := make([]byte, 32)
+				for {
+					if _, err := io.ReadFull(s, buf); err != nil {
+						_ = s.Close()
+						return
+					}
+					if _, err := s.Write(buf); err != nil {
+						_ = s.Reset()
+						return
+					}
+				}
+			}
+		}()
+	}
+}
+
+// Stream opens a stream and negotiates proto on it.
+func (c *Conn) Stream(ctx context.Context, proto protocol.ID) (network.MuxedStream, error) {
+	s, err := c.cc.OpenStream(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lightpeer: open stream: %w", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	if err := mss.SelectProtoOrFail(proto, s); err != nil {
+		_ = s.Reset()
+		return nil, fmt.Errorf("lightpeer: select %s: %w", proto, err)
+	}
+	return s, nil
+}
+
+// Identify asks the remote for its identify record (as rust clients do on
+// every connection) and returns its protocol list.
+func (c *Conn) Identify(ctx context.Context) ([]string, error) {
+	s, err := c.Stream(ctx, IdentifyID)
+	if err != nil {
+		return nil, err
+	}
+	var msg idpb.Identify
+	if err := pbio.NewDelimitedReader(s, 64<<10).ReadMsg(&msg); err != nil {
+		_ = s.Reset()
+		return nil, fmt.Errorf("lightpeer: identify: %w", err)
+	}
+	_ = s.Close()
+	return msg.Protocols, nil
+}
+
+// Ping opens a ping stream, sends count 32-byte pings and returns the RTTs.
+func (c *Conn) Ping(ctx context.Context, count int) ([]time.Duration, error) {
+	s, err := c.Stream(ctx, PingID)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	out := make([]time.Duration, 0, count)
+	buf, echo := make([]byte, 32), make([]byte, 32)
+	for range count {
+		_, _ = rand.Read(buf)
+		t := time.Now()
+		if _, err := s.Write(buf); err != nil {
+			_ = s.Reset()
+			return out, fmt.Errorf("lightpeer: ping write: %w", err)
+		}
+		if _, err := io.ReadFull(s, echo); err != nil {
+			_ = s.Reset()
+			return out, fmt.Errorf("lightpeer: ping read: %w", err)
+		}
+		if string(echo) != string(buf) {
+			_ = s.Reset()
+			return out, ErrPing
+		}
+		out = append(out, time.Since(t))
+	}
+	return out, nil
+}
+
+// Closed reports whether the connection was closed (by either side).
+func (c *Conn) Closed() bool { return c.cc.IsClosed() }
+
+// Close closes the connection and waits for its stream handlers.
+func (c *Conn) Close() error {
+	err := c.cc.Close()
+	c.wg.Wait()
+	return err
+}
