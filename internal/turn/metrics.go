@@ -1,0 +1,232 @@
+package turn
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pion/turn/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Auth failure reasons (metric label values).
+const (
+	reasonMalformed = iota
+	reasonExpired
+	reasonFuture
+	reasonIntegrity
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"malformed", "expired", "future", "integrity"}
+
+// counters are plain atomics so the per-packet paths only do atomic adds;
+// the collector turns them into Prometheus metrics at scrape time.
+type counters struct {
+	allocsCreated   atomic.Uint64
+	quotaPeer       atomic.Uint64
+	quotaGlobal     atomic.Uint64
+	authFailures    [numReasons]atomic.Uint64
+	permsCreated    atomic.Uint64
+	permsDenied     atomic.Uint64
+	bytesToPeer     atomic.Uint64
+	bytesFromPeer   atomic.Uint64
+	packetsToPeer   atomic.Uint64
+	packetsFromPeer atomic.Uint64
+	ownHostDropped  atomic.Uint64
+	tcpRejected     atomic.Uint64
+}
+
+// Stats is a snapshot of the server's counters.
+type Stats struct {
+	Allocations, AllocationsTotal         uint64
+	QuotaRejectedPeer, QuotaRejectedTotal uint64
+	AuthFailures                          map[string]uint64
+	Permissions, PermissionsDenied        uint64
+	BytesToPeer, BytesFromPeer            uint64
+	PacketsToPeer, PacketsFromPeer        uint64
+	OwnHostDropped                        uint64
+	TCPConns, TCPRejected                 uint64
+}
+
+type collector struct {
+	s     *Server
+	descs map[string]*prometheus.Desc
+}
+
+func newCollector(s *Server) *collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName("dusk", "turn", name), help, labels, nil)
+	}
+	return &collector{s: s, descs: map[string]*prometheus.Desc{
+		"allocations":       d("allocations", "TURN allocations currently active."),
+		"allocations_total": d("allocations_total", "TURN allocations created."),
+		"quota":             d("allocation_quota_rejections_total", "Allocate requests refused with 486 (per-peer or global quota).", "scope"),
+		"auth":              d("auth_failures_total", "TURN requests refused with 401 (bad REST credentials).", "reason"),
+		"perms":             d("permissions_total", "TURN permissions created."),
+		"perms_denied":      d("permission_denials_total", "CreatePermission/ChannelBind refused by the peer filter."),
+		"bytes":             d("relayed_bytes_total", "UDP payload bytes relayed.", "direction"),
+		"packets":           d("relayed_packets_total", "UDP packets relayed.", "direction"),
+		"own_dropped":       d("own_host_dropped_packets_total", "Packets to this host outside the relay port range, dropped."),
+		"tcp":               d("tcp_connections", "TURN TCP connections open."),
+		"tcp_rejected":      d("tcp_rejected_connections_total", "TURN TCP connections closed at accept (connection caps)."),
+	}}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Stats()
+	m := func(name string, t prometheus.ValueType, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(c.descs[name], t, float64(v), labels...)
+	}
+	m("allocations", prometheus.GaugeValue, st.Allocations)
+	m("allocations_total", prometheus.CounterValue, st.AllocationsTotal)
+	m("quota", prometheus.CounterValue, st.QuotaRejectedPeer, "peer")
+	m("quota", prometheus.CounterValue, st.QuotaRejectedTotal, "global")
+	for _, r := range reasonNames {
+		m("auth", prometheus.CounterValue, st.AuthFailures[r], r)
+	}
+	m("perms", prometheus.CounterValue, st.Permissions)
+	m("perms_denied", prometheus.CounterValue, st.PermissionsDenied)
+	m("bytes", prometheus.CounterValue, st.BytesToPeer, "to_peer")
+	m("bytes", prometheus.CounterValue, st.BytesFromPeer, "from_peer")
+	m("packets", prometheus.CounterValue, st.PacketsToPeer, "to_peer")
+	m("packets", prometheus.CounterValue, st.PacketsFromPeer, "from_peer")
+	m("own_dropped", prometheus.CounterValue, st.OwnHostDropped)
+	m("tcp", prometheus.GaugeValue, st.TCPConns)
+	m("tcp_rejected", prometheus.CounterValue, st.TCPRejected)
+}
+
+// relayGen wraps pion's port-range generator so every relay socket is a
+// relayConn (counting, own-host port guard) and is tracked for Close.
+type relayGen struct {
+	inner *turn.RelayAddressGeneratorPortRange
+	s     *Server
+}
+
+func (g *relayGen) Validate() error { return g.inner.Validate() }
+
+func (g *relayGen) AllocatePacketConn(network string, requestedPort int) (net.PacketConn, net.Addr, error) {
+	conn, addr, err := g.inner.AllocatePacketConn(network, requestedPort)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc := &relayConn{PacketConn: conn, s: g.s}
+	g.s.relays.add(rc)
+	return rc, addr, nil
+}
+
+func (g *relayGen) AllocateConn(network string, requestedPort int) (net.Conn, net.Addr, error) {
+	return g.inner.AllocateConn(network, requestedPort) // RFC 6062 TCP relaying: unsupported by pion v4
+}
+
+// relayConn counts relayed traffic with atomic adds only, and keeps
+// packets for this host's own addresses inside the relay port range.
+type relayConn struct {
+	net.PacketConn
+	s         *Server
+	closeOnce sync.Once
+}
+
+func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	n, addr, err := c.PacketConn.ReadFrom(p)
+	if n > 0 {
+		c.s.ctr.packetsFromPeer.Add(1)
+		c.s.ctr.bytesFromPeer.Add(uint64(n))
+	}
+	return n, addr, err
+}
+
+func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if ua, ok := addr.(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		if c.s.filter.ownRestricted(ap.Addr()) && !c.s.inRelayRange(ap.Port()) {
+			// Report success: an error here only makes pion log per packet.
+			c.s.ctr.ownHostDropped.Add(1)
+			return len(p), nil
+		}
+	}
+	n, err := c.PacketConn.WriteTo(p, addr)
+	if n > 0 {
+		c.s.ctr.packetsToPeer.Add(1)
+		c.s.ctr.bytesToPeer.Add(uint64(n))
+	}
+	return n, err
+}
+
+// Close is idempotent: pion's Manager.Close stops at the first error, so a
+// second close must not report one.
+func (c *relayConn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.PacketConn.Close()
+		c.s.relays.remove(c)
+	})
+	return err
+}
+
+func (s *Server) inRelayRange(port uint16) bool {
+	return port >= s.cfg.PortRangeStart && port <= s.cfg.PortRangeEnd
+}
+
+// relaySet tracks open relay sockets so Close can wait for pion's
+// allocation goroutines to let go of them.
+type relaySet struct {
+	mu    sync.Mutex
+	conns map[*relayConn]struct{}
+	empty chan struct{} // closed and replaced when the set drains
+}
+
+func newRelaySet() *relaySet {
+	return &relaySet{conns: map[*relayConn]struct{}{}}
+}
+
+func (r *relaySet) add(c *relayConn) {
+	r.mu.Lock()
+	r.conns[c] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *relaySet) remove(c *relayConn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	if len(r.conns) == 0 && r.empty != nil {
+		close(r.empty)
+		r.empty = nil
+	}
+	r.mu.Unlock()
+}
+
+// drained returns a channel closed once no relay socket is open.
+func (r *relaySet) drained() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ch := make(chan struct{})
+	if len(r.conns) == 0 {
+		close(ch)
+		return ch
+	}
+	if r.empty == nil {
+		r.empty = make(chan struct{})
+	}
+	return r.empty
+}
+
+// closeAll closes every tracked relay socket (pion does not on Close for
+// allocations whose listener goroutine is still winding down).
+func (r *relaySet) closeAll() {
+	r.mu.Lock()
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
