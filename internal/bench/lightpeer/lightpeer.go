@@ -195,25 +195,32 @@ func (c *Conn) Ping(ctx context.Context, count int) ([]time.Duration, error) {
 	}
 	defer s.Close()
 	out := make([]time.Duration, 0, count)
-	buf, echo := make([]byte, 32), make([]byte, 32)
 	for range count {
-		_, _ = rand.Read(buf)
-		t := time.Now()
-		if _, err := s.Write(buf); err != nil {
+		d, err := PingOnce(s)
+		if err != nil {
 			_ = s.Reset()
-			return out, fmt.Errorf("lightpeer: ping write: %w", err)
+			return out, err
 		}
-		if _, err := io.ReadFull(s, echo); err != nil {
-			_ = s.Reset()
-			return out, fmt.Errorf("lightpeer: ping read: %w", err)
-		}
-		if string(echo) != string(buf) {
-			_ = s.Reset()
-			return out, ErrPing
-		}
-		out = append(out, time.Since(t))
+		out = append(out, d)
 	}
 	return out, nil
+}
+
+// PingOnce sends one 32-byte ping on an open ping stream and waits for the echo.
+func PingOnce(s io.ReadWriter) (time.Duration, error) {
+	var buf, echo [32]byte
+	_, _ = rand.Read(buf[:])
+	t := time.Now()
+	if _, err := s.Write(buf[:]); err != nil {
+		return 0, fmt.Errorf("lightpeer: ping write: %w", err)
+	}
+	if _, err := io.ReadFull(s, echo[:]); err != nil {
+		return 0, fmt.Errorf("lightpeer: ping read: %w", err)
+	}
+	if echo != buf {
+		return 0, ErrPing
+	}
+	return time.Since(t), nil
 }
 
 // Closed reports whether the connection was closed (by either side).
