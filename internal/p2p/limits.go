@@ -1,0 +1,204 @@
+package p2p
+
+import (
+	"math"
+	"net/netip"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	"github.com/libp2p/go-libp2p/x/rate"
+
+	"github.com/duskchat/dusk-relay/internal/config"
+)
+
+const (
+	// outboundSlack: connections we open ourselves (federation peers, dials
+	// by other components) on top of DUSK_MAX_CONNECTIONS inbound.
+	outboundSlack = 256
+	// fdSlack: descriptors for listeners, the database, logs, the metrics
+	// endpoint; TURN sockets are counted by the TURN server, not here.
+	fdSlack = 512
+	// streamWindow is what yamux reserves per stream against the resource
+	// manager (its initial receive window).
+	streamWindow = 256 << 10
+	// graceful per-address limits: many Dusk users sit behind one carrier
+	// NAT, which the go-libp2p default (8 conns per IPv4) would lock out.
+	minConnsPerIP = 64
+)
+
+func fdBudget(maxConns int) int { return maxConns + outboundSlack + fdSlack }
+
+// limitConfig starts from go-libp2p's auto-scaled defaults (with the
+// bundled service limits) and raises every limit that would refuse or trim
+// connections below DUSK_MAX_CONNECTIONS. Nothing is lowered.
+func limitConfig(c config.Relay) rcmgr.ConcreteLimitConfig {
+	scaling := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&scaling)
+	base := scaling.AutoScale()
+	p := base.ToPartialLimitConfig()
+	mc := c.MaxConns
+
+	// System: every configured connection fits, with a few streams each.
+	raise(&p.System.ConnsInbound, mc)
+	raise(&p.System.ConnsOutbound, outboundSlack)
+	raise(&p.System.Conns, mc+outboundSlack)
+	raise(&p.System.FD, fdBudget(mc))
+	raise(&p.System.StreamsInbound, 4*mc)
+	raise(&p.System.StreamsOutbound, 4*mc)
+	raise(&p.System.Streams, 8*mc)
+	// At least one open stream window per connection on top of the default budget.
+	raise64(&p.System.Memory, int64(p.System.Memory)+int64(mc)*streamWindow)
+
+	// Transient: connections and streams still in handshake/negotiation. A
+	// restart makes every client reconnect at once, so allow a quarter of
+	// the connections to be in flight together.
+	burst := max(mc/4, 64)
+	raise(&p.Transient.ConnsInbound, burst)
+	raise(&p.Transient.ConnsOutbound, outboundSlack)
+	raise(&p.Transient.Conns, burst+outboundSlack)
+	raise(&p.Transient.FD, burst+outboundSlack)
+	raise(&p.Transient.StreamsInbound, burst)
+	raise(&p.Transient.StreamsOutbound, burst)
+	raise(&p.Transient.Streams, 2*burst)
+	raise64(&p.Transient.Memory, int64(p.Transient.Memory)+int64(burst)*streamWindow/4)
+
+	// Identify and ping run against every client right after connecting.
+	bumpStreams := func(rl *rcmgr.ResourceLimits, n int) {
+		raise(&rl.StreamsInbound, n)
+		raise(&rl.StreamsOutbound, n)
+		raise(&rl.Streams, 2*n)
+	}
+	svc := func(name string, n int) {
+		rl := p.Service[name]
+		bumpStreams(&rl, n)
+		p.Service[name] = rl
+	}
+	proto := func(id protocol.ID, n int) {
+		rl := p.Protocol[id]
+		bumpStreams(&rl, n)
+		p.Protocol[id] = rl
+	}
+	svc(identify.ServiceName, burst)
+	proto(identify.ID, burst)
+	proto(identify.IDPush, burst)
+	svc(ping.ServiceName, burst)
+	proto(ping.ID, burst)
+	// Our own protocols (rendezvous, request-response, gossipsub) use the defaults.
+	bumpStreams(&p.ServiceDefault, burst)
+	bumpStreams(&p.ProtocolDefault, burst)
+
+	// Relay: a live circuit holds a hop and a stop stream.
+	relayStreams := 2*c.MaxCircuits + min(c.MaxReservations, 4096)
+	svc(relay.ServiceName, relayStreams)
+
+	return p.Build(base)
+}
+
+func raise(v *rcmgr.LimitVal, n int) {
+	if *v == rcmgr.Unlimited || int(*v) >= n {
+		return
+	}
+	*v = rcmgr.LimitVal(n)
+}
+
+func raise64(v *rcmgr.LimitVal64, n int64) {
+	if *v == rcmgr.Unlimited64 || int64(*v) >= n {
+		return
+	}
+	*v = rcmgr.LimitVal64(n)
+}
+
+func newResourceManager(c config.Relay, noMetrics bool) (network.ResourceManager, error) {
+	perIP := max(minConnsPerIP, c.MaxConns/16)
+	opts := []rcmgr.Option{
+		rcmgr.WithLimitPerSubnet(
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: perIP}},
+			[]rcmgr.ConnLimitPerSubnet{
+				{PrefixLength: 56, ConnCount: perIP},
+				{PrefixLength: 48, ConnCount: 4 * perIP},
+			}),
+		rcmgr.WithConnRateLimiters(connRateLimiter(perIP)),
+	}
+	if noMetrics {
+		opts = append(opts, rcmgr.WithMetricsDisabled())
+	}
+	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limitConfig(c)), opts...)
+}
+
+// connRateLimiter keeps go-libp2p's per-address connection rate limiting
+// against floods but with a burst that lets a NAT full of clients reconnect
+// after a relay restart. Loopback is unlimited, as upstream.
+func connRateLimiter(perIP int) *rate.Limiter {
+	return &rate.Limiter{
+		NetworkPrefixLimits: []rate.PrefixLimit{
+			{Prefix: mustPrefix("127.0.0.0/8"), Limit: rate.Limit{}},
+			{Prefix: mustPrefix("::1/128"), Limit: rate.Limit{}},
+		},
+		SubnetRateLimiter: rate.SubnetLimiter{
+			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: rate.Limit{RPS: 2, Burst: perIP}}},
+			IPv6SubnetLimits: []rate.SubnetLimit{
+				{PrefixLength: 56, Limit: rate.Limit{RPS: 2, Burst: perIP}},
+				{PrefixLength: 48, Limit: rate.Limit{RPS: 5, Burst: 4 * perIP}},
+			},
+			GracePeriod: time.Minute,
+		},
+	}
+}
+
+// newConnManager trims back to 90 % only once DUSK_MAX_CONNECTIONS is
+// exceeded (outbound connections on top of a full inbound quota). Peers with
+// a reservation or a circuit are tagged by the relay and trimmed last.
+func newConnManager(maxConns int) (*connmgr.BasicConnMgr, error) {
+	high := maxConns
+	low := max(high*9/10, 1)
+	if low >= high {
+		low = high - 1
+	}
+	if low < 1 {
+		low, high = 1, 2
+	}
+	return connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(time.Minute))
+}
+
+// relayResources maps the Rust relay's limits onto go-libp2p's. go-libp2p
+// counts circuits per peer only (MaxCircuits), keeps one reservation per
+// peer (a second one is a renewal, so DUSK_RELAY_MAX_RESERVATIONS_PER_PEER
+// >= 1 always holds) and adds per-IP/ASN reservation caps, which we set to
+// the total like Rust (no per-IP cap). The total circuit cap is enforced in
+// the hop wrapper.
+func relayResources(c config.Relay) relay.Resources {
+	r := relay.DefaultResources()
+	r.ReservationTTL = c.ReservationTTL
+	r.MaxReservations = c.MaxReservations
+	r.MaxReservationsPerPeer = c.MaxReservationsPerPeer
+	r.MaxReservationsPerIP = c.MaxReservations
+	r.MaxReservationsPerASN = c.MaxReservations
+	r.MaxCircuits = c.MaxCircuitsPerPeer
+	r.Limit = relayLimit(c.CircuitDuration, c.CircuitBytes)
+	return r
+}
+
+// relayLimit: 0 means unlimited. go-libp2p has one switch for both limits
+// (nil = neither), so an unlimited half gets a value nobody reaches; the
+// limit message carries duration as uint32 seconds.
+func relayLimit(d time.Duration, bytes int64) *relay.RelayLimit {
+	if d == 0 && bytes == 0 {
+		return nil
+	}
+	if d == 0 {
+		d = math.MaxUint32 * time.Second
+	}
+	if bytes == 0 {
+		bytes = math.MaxInt64
+	}
+	return &relay.RelayLimit{Duration: d, Data: bytes}
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
