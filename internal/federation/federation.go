@@ -1,0 +1,541 @@
+// Package federation gossips rendezvous registrations between peer relays
+// over gossipsub (SPEC §8), and keeps the configured peer relays connected.
+package federation
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/duskchat/dusk-relay/internal/config"
+)
+
+const (
+	// Topic is the Rust relay's federation topic.
+	Topic = "dusk/relay/federation"
+	// MaxMessageSize is rust-libp2p gossipsub's default max_transmit_size;
+	// Rust peers drop larger RPCs.
+	MaxMessageSize = 65536
+	// QueueSize bounds registrations waiting to be published.
+	QueueSize = 1024
+	// DialTimeout bounds one dial attempt to a peer relay.
+	DialTimeout = 15 * time.Second
+	// protectTag marks peer-relay connections in the connection manager.
+	protectTag = "dusk-federation"
+	// recheckInterval re-checks a connected peer relay in case a
+	// disconnect event was missed.
+	recheckInterval = 30 * time.Second
+)
+
+var (
+	// ErrMalformed is a gossip message that is not a valid registration.
+	ErrMalformed = errors.New("federation: malformed gossip")
+)
+
+// Gossip is the JSON message relays exchange, field order as the Rust
+// struct RelayRegistrationGossip (serde_json keeps declaration order).
+type Gossip struct {
+	PeerID    string `json:"peer_id"`
+	Namespace string `json:"namespace"`
+	// TTL is the registration TTL in seconds.
+	TTL uint64 `json:"ttl"`
+	// SourceRelay is the peer ID of the relay that accepted the
+	// registration (loop prevention).
+	SourceRelay string `json:"source_relay"`
+}
+
+// Option customises a Federation.
+type Option func(*options)
+
+type options struct {
+	onGossip   func(Gossip)
+	minBackoff time.Duration
+	maxBackoff time.Duration
+}
+
+// WithOnGossip calls fn for every valid registration received from another
+// relay (after logging). fn runs on the receive goroutine: keep it short.
+func WithOnGossip(fn func(Gossip)) Option { return func(o *options) { o.onGossip = fn } }
+
+// WithRedialBackoff sets the peer-relay redial backoff (default 1 s to 60 s).
+func WithRedialBackoff(minDelay, maxDelay time.Duration) Option {
+	return func(o *options) {
+		if minDelay > 0 && maxDelay >= minDelay {
+			o.minBackoff, o.maxBackoff = minDelay, maxDelay
+		}
+	}
+}
+
+// Federation owns the gossipsub router, the federation topic and the
+// peer-relay dialers.
+type Federation struct {
+	h      host.Host
+	log    *zap.Logger
+	self   peer.ID
+	opts   options
+	relays []peer.AddrInfo
+	m      *metrics
+
+	ps    *pubsub.PubSub
+	topic *pubsub.Topic
+	sub   *pubsub.Subscription
+	evSub event.Subscription
+	queue chan Gossip
+	wake  map[peer.ID]chan struct{}
+
+	mu     sync.Mutex
+	online map[peer.ID]bool
+
+	ctx      context.Context // work goroutines
+	cancel   context.CancelFunc
+	psCancel context.CancelFunc // the pubsub router
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+	once     sync.Once
+}
+
+// New starts gossipsub on h, subscribes to Topic and starts dialing
+// cfg.PeerRelays. Close stops everything; ctx ending stops it too.
+func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Federation, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.Named("federation")
+	o := options{minBackoff: time.Second, maxBackoff: time.Minute}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	infos, err := peer.AddrInfosFromP2pAddrs(cfg.PeerRelays...)
+	if err != nil {
+		return nil, fmt.Errorf("federation: DUSK_PEER_RELAYS: %w", err)
+	}
+	f := &Federation{
+		h:      h,
+		log:    log,
+		self:   h.ID(),
+		opts:   o,
+		m:      newMetrics(reg, log),
+		queue:  make(chan Gossip, QueueSize),
+		wake:   make(map[peer.ID]chan struct{}),
+		online: make(map[peer.ID]bool),
+	}
+	for _, ai := range infos {
+		if ai.ID == f.self {
+			log.Warn("DUSK_PEER_RELAYS lists this relay itself; skipped", zap.Stringer("peer", ai.ID))
+			continue
+		}
+		f.relays = append(f.relays, ai)
+		f.wake[ai.ID] = make(chan struct{}, 1)
+	}
+	f.m.configured.Set(float64(len(f.relays)))
+
+	psCtx, psCancel := context.WithCancel(ctx)
+	f.psCancel = psCancel
+	f.ctx, f.cancel = context.WithCancel(ctx)
+	fail := func(err error) (*Federation, error) {
+		f.cancel()
+		psCancel()
+		if f.ps != nil {
+			removeHandlers(h)
+		}
+		return nil, err
+	}
+
+	f.ps, err = pubsub.NewGossipSub(psCtx, h,
+		pubsub.WithMaxMessageSize(MaxMessageSize),
+		pubsub.WithMessageIdFn(messageID),
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		// rust-libp2p's default: our own registrations go to every
+		// subscribed peer at once, not only to the mesh, which is
+		// empty until the first heartbeat after a peer joins.
+		pubsub.WithFloodPublish(true),
+		// Direct peers get every message and are never pruned, so a
+		// 2-3 relay federation works without a full mesh. The
+		// agreement should be mutual: list each other in
+		// DUSK_PEER_RELAYS (a one-sided entry still delivers, but the
+		// other side's GRAFTs are refused).
+		pubsub.WithDirectPeers(f.relays),
+		// Clients speak gossipsub on their own topics; do not track
+		// those (memory), only ours.
+		pubsub.WithSubscriptionFilter(pubsub.NewAllowlistSubscriptionFilter(Topic)),
+	)
+	if err != nil {
+		return fail(fmt.Errorf("federation: gossipsub: %w", err))
+	}
+	if err := f.ps.RegisterTopicValidator(Topic, f.validate); err != nil {
+		return fail(fmt.Errorf("federation: validator: %w", err))
+	}
+	if f.topic, err = f.ps.Join(Topic); err != nil {
+		return fail(fmt.Errorf("federation: join %s: %w", Topic, err))
+	}
+	if f.sub, err = f.topic.Subscribe(); err != nil {
+		_ = f.topic.Close()
+		return fail(fmt.Errorf("federation: subscribe %s: %w", Topic, err))
+	}
+	// Subscribe to connectedness before dialing so no event is missed.
+	if f.evSub, err = h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged)); err != nil {
+		f.sub.Cancel()
+		_ = f.topic.Close()
+		return fail(fmt.Errorf("federation: event bus: %w", err))
+	}
+	log.Info("subscribed to relay federation topic", zap.String("topic", Topic))
+
+	for _, ai := range f.relays {
+		h.ConnManager().Protect(ai.ID, protectTag)
+		if h.Network().Connectedness(ai.ID) == network.Connected {
+			f.setOnline(ai.ID, true)
+		}
+	}
+	f.wg.Add(3)
+	go f.watchConnections()
+	go f.receive()
+	go f.publishLoop()
+	if len(f.relays) == 0 {
+		log.Info("no peer relays configured (DUSK_PEER_RELAYS unset): standalone relay")
+	} else {
+		log.Info("connecting to peer relays for federation", zap.Int("count", len(f.relays)))
+		for _, ai := range f.relays {
+			f.wg.Add(1)
+			go f.keepConnected(ai)
+		}
+	}
+	return f, nil
+}
+
+// Publish gossips a registration accepted by this relay. It never blocks:
+// when the queue is full the registration is dropped and counted. With no
+// peer relays it is a cheap no-op for the network (no warning).
+func (f *Federation) Publish(p peer.ID, ns string, ttl time.Duration) {
+	if f.closed.Load() {
+		f.m.dropped.Inc()
+		return
+	}
+	g := Gossip{PeerID: p.String(), Namespace: ns, TTL: uint64(max(ttl, 0) / time.Second), SourceRelay: f.self.String()}
+	select {
+	case f.queue <- g:
+	default:
+		f.m.dropped.Inc()
+		f.log.Debug("federation queue full, registration not gossiped",
+			zap.String("namespace", ns), zap.Stringer("peer", p))
+	}
+}
+
+// OnlinePeerRelays reports how many configured peer relays are connected.
+func (f *Federation) OnlinePeerRelays() (online, configured int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.online), len(f.relays)
+}
+
+// Close stops the dialers, the subscription and the gossipsub router.
+// Safe to call more than once. The host is not closed.
+func (f *Federation) Close() error {
+	f.once.Do(func() {
+		f.closed.Store(true)
+		f.cancel()
+		// Close the event subscription before waiting: the event bus
+		// blocks emitters on a subscriber that stopped reading.
+		_ = f.evSub.Close()
+		f.wg.Wait()
+		f.sub.Cancel()
+		_ = f.ps.UnregisterTopicValidator(Topic)
+		_ = f.topic.Close()
+		f.psCancel()
+		removeHandlers(f.h)
+		for _, ai := range f.relays {
+			f.h.ConnManager().Unprotect(ai.ID, protectTag)
+		}
+	})
+	return nil
+}
+
+func removeHandlers(h host.Host) {
+	for _, id := range pubsub.GossipSubDefaultProtocols {
+		h.RemoveStreamHandler(id)
+	}
+}
+
+// messageID identifies a message by its content and author. The Rust
+// relay hashes data (+ source since 8ea6513) with std's DefaultHasher,
+// which Go cannot reproduce; a content hash keeps the same semantics
+// (identical re-registrations from one relay dedupe) while IDs stay
+// local to each node's seen-cache.
+func messageID(m *pb.Message) string {
+	s := sha256.New()
+	s.Write(m.Data)
+	s.Write(m.From)
+	return hex.EncodeToString(s.Sum(nil))
+}
+
+// encode matches serde_json::to_vec: compact, declaration order, no HTML
+// escaping.
+func encode(g Gossip) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(g); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// decode is as strict as serde_json into the Rust struct: every field
+// present with the right type (unknown fields ignored).
+func decode(data []byte) (Gossip, error) {
+	var raw struct {
+		PeerID      *string `json:"peer_id"`
+		Namespace   *string `json:"namespace"`
+		TTL         *uint64 `json:"ttl"`
+		SourceRelay *string `json:"source_relay"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return Gossip{}, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if raw.PeerID == nil || raw.Namespace == nil || raw.TTL == nil || raw.SourceRelay == nil {
+		return Gossip{}, fmt.Errorf("%w: missing field", ErrMalformed)
+	}
+	return Gossip{PeerID: *raw.PeerID, Namespace: *raw.Namespace, TTL: *raw.TTL, SourceRelay: *raw.SourceRelay}, nil
+}
+
+// validate runs before delivery and forwarding: malformed gossip is
+// counted and not passed on to other relays.
+func (f *Federation) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if from == f.self {
+		return pubsub.ValidationAccept // our own publication
+	}
+	g, err := decode(msg.Data)
+	if err == nil {
+		// The message is signed by its author; a relay may only
+		// speak for itself (Rust relays always set source_relay to
+		// their own ID).
+		if author, aerr := peer.IDFromBytes(msg.From); aerr != nil || author.String() != g.SourceRelay {
+			err = fmt.Errorf("%w: source_relay %q is not the author", ErrMalformed, g.SourceRelay)
+		}
+	}
+	if err != nil {
+		f.m.malformed.Inc()
+		f.log.Debug("ignoring malformed federation gossip", zap.Stringer("from", from),
+			zap.Int("bytes", len(msg.Data)), zap.Error(err))
+		return pubsub.ValidationReject
+	}
+	msg.ValidatorData = g
+	return pubsub.ValidationAccept
+}
+
+func (f *Federation) receive() {
+	defer f.wg.Done()
+	for {
+		msg, err := f.sub.Next(f.ctx)
+		if err != nil {
+			return
+		}
+		if msg.ReceivedFrom == f.self {
+			continue // our own publication, delivered locally
+		}
+		g, ok := msg.ValidatorData.(Gossip)
+		if !ok || g.SourceRelay == f.self.String() {
+			continue
+		}
+		f.m.received.Inc()
+		f.log.Info("received remote registration (clients should query that relay directly)",
+			zap.String("namespace", g.Namespace), zap.String("peer", g.PeerID),
+			zap.String("source_relay", g.SourceRelay), zap.Uint64("ttl", g.TTL))
+		if f.opts.onGossip != nil {
+			f.opts.onGossip(g)
+		}
+	}
+}
+
+func (f *Federation) publishLoop() {
+	defer f.wg.Done()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case g := <-f.queue:
+			data, err := encode(g)
+			if err == nil {
+				err = f.topic.Publish(f.ctx, data)
+			}
+			if err != nil {
+				if f.ctx.Err() != nil {
+					return
+				}
+				f.m.publishErr.Inc()
+				f.log.Debug("failed to gossip registration", zap.String("namespace", g.Namespace), zap.Error(err))
+				continue
+			}
+			f.m.published.Inc()
+			online, _ := f.OnlinePeerRelays()
+			f.log.Debug("gossiped registration", zap.String("namespace", g.Namespace),
+				zap.String("peer", g.PeerID), zap.Int("peer_relays_online", online))
+		}
+	}
+}
+
+func (f *Federation) watchConnections() {
+	defer f.wg.Done()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case ev, ok := <-f.evSub.Out():
+			if !ok {
+				return
+			}
+			e := ev.(event.EvtPeerConnectednessChanged)
+			wake, ours := f.wake[e.Peer]
+			if !ours {
+				continue
+			}
+			connected := e.Connectedness == network.Connected
+			f.setOnline(e.Peer, connected)
+			if !connected {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
+}
+
+func (f *Federation) setOnline(p peer.ID, on bool) {
+	f.mu.Lock()
+	was := f.online[p]
+	if on {
+		f.online[p] = true
+	} else {
+		delete(f.online, p)
+	}
+	k, n := len(f.online), len(f.relays)
+	f.mu.Unlock()
+	if was == on {
+		return
+	}
+	f.m.online.Set(float64(k))
+	msg := fmt.Sprintf("%d/%d peer relays online", k, n)
+	if on {
+		f.log.Info("peer relay connected: "+msg, zap.Stringer("peer", p))
+	} else {
+		f.log.Warn("peer relay disconnected: "+msg, zap.Stringer("peer", p))
+	}
+}
+
+// keepConnected dials ai while it is disconnected, with exponential
+// backoff and jitter, until Close.
+func (f *Federation) keepConnected(ai peer.AddrInfo) {
+	defer f.wg.Done()
+	wake := f.wake[ai.ID]
+	backoff := f.opts.minBackoff
+	failures := 0
+	for {
+		if f.h.Network().Connectedness(ai.ID) != network.Connected {
+			// Our backoff governs; the swarm's own per-peer dial
+			// backoff (5 s and up) would otherwise refuse redials.
+			if sw, ok := f.h.Network().(*swarm.Swarm); ok {
+				sw.Backoff().Clear(ai.ID)
+			}
+			ctx, cancel := context.WithTimeout(f.ctx, DialTimeout)
+			err := f.h.Connect(ctx, ai)
+			cancel()
+			if f.ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				failures++
+				if failures == 1 {
+					f.log.Warn("peer relay unreachable, retrying with backoff",
+						zap.Stringer("peer", ai.ID), zap.Error(err))
+				} else {
+					f.log.Debug("peer relay dial failed", zap.Stringer("peer", ai.ID),
+						zap.Int("attempt", failures), zap.Error(err))
+				}
+				if !sleep(f.ctx, jitter(backoff)) {
+					return
+				}
+				backoff = min(backoff*2, f.opts.maxBackoff)
+				continue
+			}
+			// Online state follows the connectedness events only.
+		}
+		failures = 0
+		backoff = f.opts.minBackoff
+		t := time.NewTimer(recheckInterval)
+		select {
+		case <-f.ctx.Done():
+			t.Stop()
+			return
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// jitter spreads d over [d/2, d*3/2) so relays restarted together do not
+// redial in lockstep.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d) //nolint:gosec // timing jitter, not security
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+type metrics struct {
+	published, dropped, publishErr, received, malformed prometheus.Counter
+	online, configured                                  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, log *zap.Logger) *metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "dusk", Subsystem: "federation", Name: name, Help: help})
+	}
+	g := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "dusk", Subsystem: "federation", Name: name, Help: help})
+	}
+	m := &metrics{
+		published:  c("published_total", "registrations gossiped to peer relays"),
+		dropped:    c("publish_dropped_total", "registrations not gossiped because the queue was full or closed"),
+		publishErr: c("publish_errors_total", "registrations gossipsub refused to publish"),
+		received:   c("received_total", "registrations received from other relays"),
+		malformed:  c("malformed_total", "federation gossip messages ignored as malformed"),
+		online:     g("peer_relays_online", "configured peer relays currently connected"),
+		configured: g("peer_relays_configured", "peer relays listed in DUSK_PEER_RELAYS"),
+	}
+	if reg == nil {
+		return m
+	}
+	for _, col := range []prometheus.Collector{m.published, m.dropped, m.publishErr, m.received, m.malformed, m.online, m.configured} {
+		if err := reg.Register(col); err != nil {
+			log.Warn("federation metrics not registered", zap.Error(err))
+		}
+	}
+	return m
+}
