@@ -671,7 +671,7 @@ func TestDockerignore(t *testing.T) {
 		}
 	}
 	// Secrets, local state and history must not enter the build context.
-	for _, p := range []string{".git/config", ".env", "data/dusk-relay/keypair", "keypair", "turn_secret", "directory.sqlite3", "dusk-relay"} {
+	for _, p := range []string{".git/config", ".env", "relay.env", "data/dusk-relay/keypair", "keypair", "turn_secret", "directory.sqlite3", "dusk-relay"} {
 		if !ignored(patterns, p) {
 			t.Errorf(".dockerignore lets %s into the build context", p)
 		}
