@@ -93,23 +93,29 @@ func (c *client) Allocate() (net.PacketConn, error) {
 
 func dialClient(t testing.TB, s *Server, network, user, pass string) *client {
 	t.Helper()
-	var (
-		pc     net.PacketConn
-		server string
-	)
+	addr := s.UDPAddr().String()
+	if network == "tcp" {
+		addr = s.TCPAddr().String()
+	}
+	return dialAddr(t, network, addr, user, pass)
+}
+
+func dialAddr(t testing.TB, network, server, user, pass string) *client {
+	t.Helper()
+	var pc net.PacketConn
 	switch network {
 	case "udp":
 		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		pc, server = c, s.UDPAddr().String()
+		pc = c
 	case "tcp":
-		c, err := net.DialTimeout("tcp", s.TCPAddr().String(), 5*time.Second)
+		c, err := net.DialTimeout("tcp", server, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pc, server = turn.NewSTUNConn(c), s.TCPAddr().String()
+		pc = turn.NewSTUNConn(c)
 	default:
 		t.Fatalf("network %q", network)
 	}
@@ -163,19 +169,22 @@ const (
 // permit the other's relayed address, and bounces n messages a -> b -> a.
 func relayRoundTrip(t *testing.T, s *Server, network, userA, passA string, n int) {
 	t.Helper()
-	a := dialClient(t, s, network, userA, passA)
-	ua, pa := creds(peerB)
-	b := dialClient(t, s, "udp", ua, pa)
+	ub, pb := creds(peerB)
+	relayBetween(t, dialClient(t, s, network, userA, passA), dialClient(t, s, "udp", ub, pb), n)
+}
+
+// relayBetween allocates on both clients, lets each permit the other's
+// relayed address, and bounces n messages a -> b -> a, byte for byte.
+func relayBetween(t *testing.T, a, b *client, n int) {
+	t.Helper()
 	ra, err := a.Allocate()
 	if err != nil {
-		t.Fatalf("allocate %s: %v", network, err)
+		t.Fatalf("allocate a: %v", err)
 	}
-	defer ra.Close()
 	rb, err := b.Allocate()
 	if err != nil {
-		t.Fatalf("allocate udp: %v", err)
+		t.Fatalf("allocate b: %v", err)
 	}
-	defer rb.Close()
 	relayA := ra.LocalAddr().(*net.UDPAddr)
 	relayB := rb.LocalAddr().(*net.UDPAddr)
 	for _, r := range []*net.UDPAddr{relayA, relayB} {
@@ -191,7 +200,7 @@ func relayRoundTrip(t *testing.T, s *Server, network, userA, passA string, n int
 	}
 	buf := make([]byte, 1500)
 	for i := 0; i < n; i++ {
-		msg := []byte(fmt.Sprintf("dusk %s message %d \x00\xff%s", network, i, strings.Repeat("x", i*37)))
+		msg := []byte(fmt.Sprintf("dusk message %d \x00\xff%s", i, strings.Repeat("x", i*37)))
 		if _, err := ra.WriteTo(msg, relayB); err != nil {
 			t.Fatal(err)
 		}
