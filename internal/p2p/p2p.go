@@ -135,7 +135,9 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		libp2p.Identity(key),
 		libp2p.NoListenAddrs, // we listen ourselves to control the IPv6 fallback
 		libp2p.ChainOptions(
-			libp2p.Transport(tcp.NewTCPTransport),
+			// Without SO_REUSEPORT a second instance on the same port fails
+			// at start instead of silently sharing the port's connections.
+			libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 			libp2p.Security(noise.ID, noise.New),
 			libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		),

@@ -846,3 +846,22 @@ func TestResourceManagerAdmitsMaxConns(t *testing.T) {
 	}
 	t.Logf("stock go-libp2p limits admit %d inbound connections on this machine; ours admit %d", admitted, mc)
 }
+
+// A taken port stops start-up with an error (no silent port sharing).
+func TestPortInUse(t *testing.T) {
+	first := startRelay(t, relayOpt{})
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaults(t)
+	cfg.ListenAddrs = config.MultiaddrList{first.ListenAddrs()[0]}
+	n, err := New(context.Background(), cfg, Options{}, key, nil, nil)
+	if err == nil {
+		_ = n.Close()
+		t.Fatalf("second relay started on %s", first.ListenAddrs()[0])
+	}
+	if !strings.Contains(err.Error(), first.ListenAddrs()[0].String()) {
+		t.Fatalf("error %q does not name the address", err)
+	}
+}
