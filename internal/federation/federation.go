@@ -118,7 +118,6 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 	if log == nil {
 		log = zap.NewNop()
 	}
-	log = log.Named("federation")
 	o := options{minBackoff: time.Second, maxBackoff: time.Minute}
 	for _, fn := range opts {
 		fn(&o)
@@ -159,7 +158,12 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		return nil, err
 	}
 
+	params := pubsub.DefaultGossipSubParams()
+	// We dial peer relays ourselves; pubsub's own first direct connect
+	// sleeps 1 s in a goroutine that ignores shutdown.
+	params.DirectConnectInitialDelay = 0
 	f.ps, err = pubsub.NewGossipSub(psCtx, h,
+		pubsub.WithGossipSubParams(params),
 		pubsub.WithMaxMessageSize(MaxMessageSize),
 		pubsub.WithMessageIdFn(messageID),
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),

@@ -438,3 +438,20 @@ func BenchmarkPublish(b *testing.B) {
 		f.Publish(id, "dusk/peers", 2*time.Hour)
 	}
 }
+
+// TestCloseAfterContextCancel: the daemon cancels its context on SIGTERM
+// and closes components afterwards; Close must not hang.
+func TestCloseAfterContextCancel(t *testing.T) {
+	kA, kB := newKey(t), newKey(t)
+	hA, hB := newHost(t, kA, 0), newHost(t, kB, 0)
+	b := start(t, kB, hB, addr(t, hA))
+	ctx, cancel := context.WithCancel(context.Background())
+	f, err := New(ctx, hA, config.Relay{PeerRelays: []ma.Multiaddr{addr(t, hB)}}, zap.NewNop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "connected", func() bool { n, _ := f.OnlinePeerRelays(); return n == 1 && online(b) == 1 })
+	cancel()
+	f.Publish(hB.ID(), "after-cancel", time.Hour) // must not block
+	_ = f.Close()
+}

@@ -110,7 +110,6 @@ func New(cfg config.Gif, log *zap.Logger, reg prometheus.Registerer, opts ...Opt
 	if log == nil {
 		log = zap.NewNop()
 	}
-	log = log.Named("gif")
 	s := &Service{
 		log:  log,
 		base: strings.TrimRight(cfg.GifAPIBase, "/"),
