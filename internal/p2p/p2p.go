@@ -26,6 +26,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -77,6 +78,9 @@ type Node struct {
 
 	rsvMu    sync.Mutex
 	reserved map[peer.ID]time.Time // expiry; only to tell new from renewed
+
+	idSub  event.Subscription
+	idDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -174,6 +178,13 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		DisconnectedF: n.disconnected,
 	})
 
+	// Like the Rust relay, log what each peer says it is (debug).
+	if n.idSub, err = h.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted)); err != nil {
+		return fail(fmt.Errorf("p2p: subscribe to identify events: %w", err))
+	}
+	n.idDone = make(chan struct{})
+	go n.logIdentified()
+
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
@@ -259,6 +270,10 @@ func (n *Node) Close() error {
 		if n.relay != nil {
 			errs = append(errs, n.relay.Close())
 		}
+		if n.idSub != nil {
+			errs = append(errs, n.idSub.Close())
+			<-n.idDone
+		}
 		if n.h != nil {
 			errs = append(errs, n.h.Close())
 		}
@@ -310,6 +325,20 @@ func (n *Node) setPortFrom(a ma.Multiaddr) bool {
 	}
 	n.listenPort.Store(uint32(p))
 	return true
+}
+
+func (n *Node) logIdentified() {
+	defer close(n.idDone)
+	for e := range n.idSub.Out() {
+		ev, ok := e.(event.EvtPeerIdentificationCompleted)
+		if !ok {
+			continue
+		}
+		if ce := n.log.Check(zap.DebugLevel, "identified peer"); ce != nil {
+			ce.Write(zap.Stringer("peer", ev.Peer), zap.String("protocol_version", ev.ProtocolVersion),
+				zap.String("agent", ev.AgentVersion))
+		}
+	}
 }
 
 func (n *Node) connected(_ network.Network, c network.Conn) {

@@ -412,7 +412,8 @@ func TestCircuitDurationLimit(t *testing.T) {
 
 // (d) identify reports our protocol version and agent.
 func TestIdentify(t *testing.T) {
-	n := startRelay(t, relayOpt{opts: Options{Version: "9.9.9"}})
+	core, logs := observer.New(zapcore.DebugLevel)
+	n := startRelay(t, relayOpt{opts: Options{Version: "9.9.9"}, log: zap.New(core)})
 	c := newClient(t)
 	if err := c.Connect(ctxT(t, 10*time.Second), relayInfo(n)); err != nil {
 		t.Fatal(err)
@@ -449,6 +450,10 @@ func TestIdentify(t *testing.T) {
 	if err := pingOnce(c, n.ID()); err != nil {
 		t.Fatal(err)
 	}
+	// The relay logs what the client identified as.
+	eventually(t, "identified peer log", func() bool {
+		return logs.FilterMessage("identified peer").FilterField(zap.Stringer("peer", c.ID())).Len() == 1
+	})
 }
 
 // (e) total reservation limit; a second reservation by the same peer is a
