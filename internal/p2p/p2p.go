@@ -10,10 +10,13 @@
 //     addresses by default, so the host's address factory decides what is
 //     announced and the reservation filter admits everything it announces.
 //   - Idle connections: rust-libp2p closes connections without streams after
-//     300 s. go-libp2p has no per-connection idle timer; the connection
-//     manager (high watermark = DUSK_MAX_CONNECTIONS) trims the least useful
-//     connections (untagged, outside the 1 min grace period; peers holding a
-//     reservation or circuit are tagged and kept) once the host is full.
+//     300 s (SPEC: "may be closed"). go-libp2p has no per-connection idle
+//     timer and we add none. The resource manager caps inbound connections at
+//     DUSK_MAX_CONNECTIONS (refusing more, like Rust's connection_limits);
+//     the connection manager (high = DUSK_MAX_CONNECTIONS, low = 90 %, grace
+//     1 min) trims the least valuable connections when outbound ones push the
+//     total over that. Peers holding a reservation or a circuit are tagged by
+//     the relay and trimmed last.
 package p2p
 
 import (
