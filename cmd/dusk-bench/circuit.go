@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,7 +124,7 @@ func runCircuit(ctx context.Context, env *runEnv, args []string) error {
 	env.printf("  %d per kind per round. Reservations/s = %d hosts calling Reserve in a loop for %v. %d rounds, alternating order; medians.\n\n",
 		*setups, *resPeers, *resDuration, *rounds)
 
-	var dRate, rRate, dSetup, rSetup, resRate, relCPU []float64
+	var dRate, rRate, dSetup, rSetup, resRate, relCPU, dGen, rGen, rDaemon []float64
 	for r := range *rounds {
 		order := []bool{false, true}
 		if r%2 == 1 {
@@ -143,17 +144,22 @@ func runCircuit(ctx context.Context, env *runEnv, args []string) error {
 				setup.Add(el)
 			}
 			cpu0, _ := bench.CPUTime(d.PID)
+			gen0, _ := bench.CPUTime(os.Getpid())
 			rate, el, err := transfer(ctx, src, info.ID, int64(*mib)<<20)
 			if err != nil {
 				return fmt.Errorf("%s transfer: %w", name, err)
 			}
 			cpu1, _ := bench.CPUTime(d.PID)
+			gen1, _ := bench.CPUTime(os.Getpid())
+			perMiB := func(c time.Duration) float64 { return float64(c) / float64(time.Millisecond) / float64(*mib) }
 			fmt.Fprintf(env.errOut, "round %d %-7s %8.1f MiB/s, setup p50 %.2f ms\n", r+1, name, rate, setup.Q(0.5))
 			if relayed {
 				rRate, rSetup = append(rRate, rate), append(rSetup, setup.Q(0.5))
 				relCPU = append(relCPU, (cpu1-cpu0).Seconds()/el.Seconds())
+				rGen, rDaemon = append(rGen, perMiB(gen1-gen0)), append(rDaemon, perMiB(cpu1-cpu0))
 			} else {
 				dRate, dSetup = append(dRate, rate), append(dSetup, setup.Q(0.5))
+				dGen = append(dGen, perMiB(gen1-gen0))
 			}
 		}
 		rr, err := reservationRate(ctx, d, *resPeers, *resDuration, newHost)
@@ -166,6 +172,8 @@ func runCircuit(ctx context.Context, env *runEnv, args []string) error {
 	t := bench.NewTable("figure", "direct", "relayed", "relayed/direct")
 	t.Row("throughput MiB/s", bench.Median(dRate), bench.Median(rRate), bench.Ratio(bench.Median(rRate), bench.Median(dRate)))
 	t.Row("setup p50 ms", bench.Median(dSetup), bench.Median(rSetup), bench.Ratio(bench.Median(rSetup), bench.Median(dSetup)))
+	t.Row("dusk-bench CPU ms/MiB (both endpoints)", bench.Median(dGen), bench.Median(rGen), bench.Ratio(bench.Median(rGen), bench.Median(dGen)))
+	t.Row("daemon CPU ms/MiB", "-", bench.Median(rDaemon), "")
 	t.Print(env.out, env.c.md)
 	env.printf("\ndaemon CPU while relaying: %.2f cores; reservations: %.0f/s (median, %d hosts)\n",
 		bench.Median(relCPU), bench.Median(resRate), *resPeers)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,7 @@ type rrStats struct {
 	lat     map[string]*bench.Latencies
 	errors  int64
 	cpu     float64 // daemon cores busy
+	genCPU  float64 // dusk-bench cores busy
 	firstEr error
 }
 
@@ -313,8 +315,8 @@ func runRR(ctx context.Context, env *runEnv, args []string, c rrConfig, title st
 			}
 			s.p50 = append(s.p50, all.Q(0.5))
 			s.p99 = append(s.p99, all.Q(0.99))
-			fmt.Fprintf(env.errOut, "round %d %-8s %8.0f req/s p50 %.2f ms p99 %.2f ms errors %d daemon %.2f cores\n",
-				r+1, key, st.rate, all.Q(0.5), all.Q(0.99), st.errors, st.cpu)
+			fmt.Fprintf(env.errOut, "round %d %-8s %8.0f req/s p50 %.2f ms p99 %.2f ms errors %d daemon %.2f cores, dusk-bench %.2f cores\n",
+				r+1, key, st.rate, all.Q(0.5), all.Q(0.99), st.errors, st.cpu, st.genCPU)
 		}
 	}
 	t := bench.NewTable("requests", "req/s", "vs baseline", "p50 ms", "p99 ms", "errors", "daemon cores")
@@ -443,10 +445,11 @@ func rrRun(ctx context.Context, d *bench.Daemon, peers []*rrPeer, ops []rrOp, pi
 	}
 	var st rrStats
 	err := sleepCtx(ctx, c.warmup)
-	var cpu0, cpu1 time.Duration
+	var cpu0, cpu1, gen0, gen1 time.Duration
 	var t0 time.Time
 	if err == nil {
 		cpu0, err = bench.CPUTime(d.PID)
+		gen0, _ = bench.CPUTime(os.Getpid())
 		t0 = time.Now()
 		measuring.Store(true)
 	}
@@ -457,6 +460,7 @@ func rrRun(ctx context.Context, d *bench.Daemon, peers []*rrPeer, ops []rrOp, pi
 	el := time.Since(t0)
 	if err == nil {
 		cpu1, err = bench.CPUTime(d.PID)
+		gen1, _ = bench.CPUTime(os.Getpid())
 	}
 	close(stop)
 	wg.Wait()
@@ -471,6 +475,7 @@ func rrRun(ctx context.Context, d *bench.Daemon, peers []*rrPeer, ops []rrOp, pi
 	st.lat = lat
 	st.errors = errs.Load()
 	st.cpu = (cpu1 - cpu0).Seconds() / el.Seconds()
+	st.genCPU = (gen1 - gen0).Seconds() / el.Seconds()
 	if e := firstErr.Load(); e != nil {
 		st.firstEr = e.(error)
 	}

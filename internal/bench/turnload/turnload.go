@@ -457,6 +457,50 @@ func (s *Set) Run(ctx context.Context, o RunOptions) (Result, error) {
 	return r, nil
 }
 
+// RunPackets drives the set in a closed loop until at least packets have
+// been relayed (both directions) or timeout passes, then drains. It returns
+// the relayed count; Go benchmarks use it with b.N.
+func (s *Set) RunPackets(ctx context.Context, window int, packets uint64, timeout time.Duration) (uint64, error) {
+	window = max(window, 1)
+	for _, a := range s.Allocs {
+		a.window = window
+		a.running.Store(true)
+	}
+	_, e0, p0 := s.counters()
+	for _, a := range s.Allocs {
+		for range window {
+			a.send()
+		}
+	}
+	var stalls atomic.Uint64
+	wdCtx, stopWD := context.WithCancel(ctx)
+	defer stopWD()
+	wdDone := make(chan struct{})
+	go func() {
+		defer close(wdDone)
+		s.watchdog(wdCtx, &stalls)
+	}()
+	deadline := time.Now().Add(timeout)
+	var relayed uint64
+	for {
+		_, e, p := s.counters()
+		relayed = (e - e0) + (p - p0)
+		if relayed >= packets || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	for _, a := range s.Allocs {
+		a.running.Store(false)
+	}
+	stopWD()
+	<-wdDone
+	if relayed < packets {
+		return relayed, fmt.Errorf("turnload: relayed %d of %d packets within %v", relayed, packets, timeout)
+	}
+	return relayed, ctx.Err()
+}
+
 // watchdog re-primes allocations that received nothing for 200 ms: their
 // whole window was lost.
 func (s *Set) watchdog(ctx context.Context, stalls *atomic.Uint64) {
