@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,14 +67,29 @@ type Gossip struct {
 type Option func(*options)
 
 type options struct {
-	onGossip   func(Gossip)
-	minBackoff time.Duration
-	maxBackoff time.Duration
+	onGossip    func(Gossip)
+	relayTopics []string
+	minBackoff  time.Duration
+	maxBackoff  time.Duration
 }
 
 // WithOnGossip calls fn for every valid registration received from another
 // relay (after logging). fn runs on the receive goroutine: keep it short.
 func WithOnGossip(fn func(Gossip)) Option { return func(o *options) { o.onGossip = fn } }
+
+// WithRelayTopics makes the relay a gossipsub forwarder (not a consumer)
+// for client topics. The later Rust relay (e91449f, 8ea6513) subscribes to
+// "dusk/directory" and "dusk/sync" so that two clients that reach each
+// other only through this relay still form a mesh on those topics.
+func WithRelayTopics(topics ...string) Option {
+	return func(o *options) {
+		for _, t := range topics {
+			if t != "" && t != Topic && !slices.Contains(o.relayTopics, t) {
+				o.relayTopics = append(o.relayTopics, t)
+			}
+		}
+	}
+}
 
 // WithRedialBackoff sets the peer-relay redial backoff (default 1 s to 60 s).
 func WithRedialBackoff(minDelay, maxDelay time.Duration) Option {
@@ -94,12 +110,13 @@ type Federation struct {
 	relays []peer.AddrInfo
 	m      *metrics
 
-	ps    *pubsub.PubSub
-	topic *pubsub.Topic
-	sub   *pubsub.Subscription
-	evSub event.Subscription
-	queue chan Gossip
-	wake  map[peer.ID]chan struct{}
+	ps        *pubsub.PubSub
+	topic     *pubsub.Topic
+	forwarded []relayed
+	sub       *pubsub.Subscription
+	evSub     event.Subscription
+	queue     chan Gossip
+	wake      map[peer.ID]chan struct{}
 
 	mu     sync.Mutex
 	online map[peer.ID]bool
@@ -179,7 +196,7 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		pubsub.WithDirectPeers(f.relays),
 		// Clients speak gossipsub on their own topics; do not track
 		// those (memory), only ours.
-		pubsub.WithSubscriptionFilter(pubsub.NewAllowlistSubscriptionFilter(Topic)),
+		pubsub.WithSubscriptionFilter(pubsub.NewAllowlistSubscriptionFilter(append([]string{Topic}, o.relayTopics...)...)),
 	)
 	if err != nil {
 		return fail(fmt.Errorf("federation: gossipsub: %w", err))
@@ -199,6 +216,23 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		f.sub.Cancel()
 		_ = f.topic.Close()
 		return fail(fmt.Errorf("federation: event bus: %w", err))
+	}
+	for _, name := range o.relayTopics {
+		t, err := f.ps.Join(name)
+		if err == nil {
+			var stop pubsub.RelayCancelFunc
+			if stop, err = t.Relay(); err == nil {
+				f.forwarded = append(f.forwarded, relayed{topic: t, stop: stop})
+				log.Info("relaying client gossip topic", zap.String("topic", name))
+				continue
+			}
+			_ = t.Close()
+		}
+		f.closeRelayed()
+		_ = f.evSub.Close()
+		f.sub.Cancel()
+		_ = f.topic.Close()
+		return fail(fmt.Errorf("federation: relay topic %s: %w", name, err))
 	}
 	log.Info("subscribed to relay federation topic", zap.String("topic", Topic))
 
@@ -259,6 +293,7 @@ func (f *Federation) Close() error {
 		// blocks emitters on a subscriber that stopped reading.
 		_ = f.evSub.Close()
 		f.wg.Wait()
+		f.closeRelayed()
 		f.sub.Cancel()
 		_ = f.ps.UnregisterTopicValidator(Topic)
 		_ = f.topic.Close()
@@ -269,6 +304,20 @@ func (f *Federation) Close() error {
 		}
 	})
 	return nil
+}
+
+// relayed is a client topic this relay forwards.
+type relayed struct {
+	topic *pubsub.Topic
+	stop  pubsub.RelayCancelFunc
+}
+
+func (f *Federation) closeRelayed() {
+	for _, r := range f.forwarded {
+		r.stop()
+		_ = r.topic.Close()
+	}
+	f.forwarded = nil
 }
 
 func removeHandlers(h host.Host) {

@@ -455,3 +455,95 @@ func TestCloseAfterContextCancel(t *testing.T) {
 	f.Publish(hB.ID(), "after-cancel", time.Hour) // must not block
 	_ = f.Close()
 }
+
+// TestRelayTopics: two clients that only reach each other through the
+// relay exchange gossip on a relayed topic (the Rust relay's dusk/sync
+// subscription); other client topics are not even tracked.
+func TestRelayTopics(t *testing.T) {
+	k := newKey(t)
+	hR := newHost(t, k, 0)
+	core, _ := observer.New(zapcore.InfoLevel)
+	f, err := New(context.Background(), hR, config.Relay{}, zap.New(core), nil,
+		WithRelayTopics("dusk/sync", "dusk/directory", Topic, "dusk/sync"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	if len(f.forwarded) != 2 {
+		t.Fatalf("forwarded topics = %d, want 2 (duplicates and the federation topic dropped)", len(f.forwarded))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type client struct {
+		h   host.Host
+		top *pubsub.Topic
+		sub *pubsub.Subscription
+	}
+	var clients []client
+	for range 2 {
+		h := newHost(t, nil, 0)
+		ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithFloodPublish(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, _ := ps.Join("dusk/other")
+		osub, _ := other.Subscribe()
+		top, err := ps.Join("dusk/sync")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := top.Subscribe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			sub.Cancel()
+			osub.Cancel()
+			_ = top.Close()
+			_ = other.Close()
+		}()
+		if err := h.Connect(ctx, peer.AddrInfo{ID: hR.ID(), Addrs: hR.Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, client{h, top, sub})
+	}
+	waitFor(t, "relay tracks both clients on dusk/sync", func() bool {
+		return len(f.ps.ListPeers("dusk/sync")) == 2
+	})
+	if got := f.ps.ListPeers("dusk/other"); len(got) != 0 {
+		t.Fatalf("relay tracks a non-allowlisted topic: %v", got)
+	}
+	// The relay's mesh on dusk/sync forms at its next heartbeat; publish
+	// distinct messages until one arrives (bounded).
+	got := make(chan []byte, 1)
+	go func() {
+		for {
+			m, err := clients[1].sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			if m.ReceivedFrom == clients[1].h.ID() {
+				continue
+			}
+			select {
+			case got <- m.Data:
+			default:
+			}
+		}
+	}()
+	for i := range 100 {
+		if err := clients[0].top.Publish(ctx, []byte(fmt.Sprint("crdt-", i))); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case data := <-got:
+			if len(data) < 5 || string(data[:5]) != "crdt-" {
+				t.Fatalf("got %q", data)
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatal("no message crossed the relay")
+}
