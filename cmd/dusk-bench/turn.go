@@ -47,6 +47,7 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	parallel := fs.Int("setup-parallel", 10, "allocations set up concurrently")
 	only := fs.String("only", "both", "servers to run: both, ours or coturn")
 	coturnBin := fs.String("coturn-bin", "", "turnserver binary (default: turnserver from PATH)")
+	paced := fs.Float64("paced", 0.75, "paced phase: offer this factor x the best closed-loop pps of the cell to every server and report loss (0 = skip)")
 	if err := env.parse(fs, args); err != nil {
 		return err
 	}
@@ -108,7 +109,12 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	env.printf("  each echo triggers the next send (closed loop); 200 ms of silence re-primes the window (stall).\n")
 	env.printf("  pps = packets relayed per second, both directions; loss = 1 - echoes/sent after %v drain;\n", 300*time.Millisecond)
 	env.printf("  CPU = server process utime+stime (/proc/<pid>/stat) per 1000 relayed packets; setup = Allocate() calls/s (%d in parallel).\n", *parallel)
-	env.printf("  %d rounds x %v (+%v warm-up), servers alternate A B A B; medians.\n\n", *rounds, *duration, *warmup)
+	env.printf("  %d rounds x %v (+%v warm-up), servers alternate A B A B; medians.\n", *rounds, *duration, *warmup)
+	if *paced > 0 {
+		env.printf("  paced phase: one pacer sends at a fixed rate (1 ms ticks, round-robin over allocations) = %.2f x the cell's best\n", *paced)
+		env.printf("  closed-loop median (relayed pps / 2 client sends); loss = 1 - echoes/sent. Same rounds and alternation.\n")
+	}
+	env.printf("\n")
 
 	var cells []turnCell
 	for _, p := range pl {
@@ -174,6 +180,18 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	}
 	t.Print(env.out, env.c.md)
 
+	if *paced > 0 {
+		if err := turnPaced(ctx, env, servers, cells, *rounds, *paced, *inflight, *parallel, *warmup, *duration, func(cell turnCell) float64 {
+			best := 0.0
+			for _, s := range servers {
+				best = max(best, med(s.name, cell, pps))
+			}
+			return best
+		}); err != nil {
+			return err
+		}
+	}
+
 	// Setup rate over the largest cells (small cells set up too few to time).
 	maxAllocs := al[0]
 	for _, a := range al {
@@ -200,6 +218,82 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	}
 	env.printf("\n")
 	return nil
+}
+
+// turnPaced offers each cell a fixed load (factor x its best closed-loop
+// rate) on every server and reports delivered rate and loss.
+func turnPaced(ctx context.Context, env *runEnv, servers []turnServer, cells []turnCell, rounds int, factor float64,
+	inflight, parallel int, warmup, duration time.Duration, best func(turnCell) float64) error {
+	got := map[string]map[turnCell][]turnloadResult{}
+	for _, s := range servers {
+		got[s.name] = map[turnCell][]turnloadResult{}
+	}
+	for r := range rounds {
+		for _, cell := range cells {
+			offered := factor * best(cell)
+			for i := range servers {
+				s := servers[i]
+				if r%2 == 1 {
+					s = servers[len(servers)-1-i]
+				}
+				set, err := turnload.Setup(ctx, s.target, cell.allocs, parallel, cell.payload)
+				if err != nil {
+					return fmt.Errorf("paced %s: %w", s.name, err)
+				}
+				res, err := set.RunPaced(ctx, offered/2, turnload.RunOptions{
+					Warmup: warmup, Duration: duration, Drain: 300 * time.Millisecond,
+					CPU: func() (time.Duration, error) { return bench.CPUTime(s.pid) },
+				})
+				set.Close()
+				if err != nil {
+					return fmt.Errorf("paced %s: %w", s.name, err)
+				}
+				got[s.name][cell] = append(got[s.name][cell], turnloadResult{offered, res})
+				fmt.Fprintf(env.errOut, "paced round %d %-6s %4d B x %3d: offered %8.0f delivered %8.0f pps loss %.3f%%\n",
+					r+1, s.name, cell.payload, cell.allocs, offered, res.PPS, res.Loss*100)
+			}
+		}
+	}
+	cols := []string{"payload B", "allocs", "offered pps"}
+	for _, s := range servers {
+		cols = append(cols, s.name+" delivered pps", s.name+" loss %")
+	}
+	if len(servers) == 2 {
+		cols = append(cols, "loss ours-coturn (pp)")
+	}
+	t := bench.NewTable(cols...)
+	for _, cell := range cells {
+		row := []any{cell.payload, cell.allocs}
+		var offered []float64
+		losses := make([]float64, 0, 2)
+		for si, s := range servers {
+			var pps, loss []float64
+			for _, x := range got[s.name][cell] {
+				pps = append(pps, x.res.PPS)
+				loss = append(loss, x.res.Loss*100)
+				if si == 0 {
+					offered = append(offered, x.offered)
+				}
+			}
+			if si == 0 {
+				row = append(row, bench.Median(offered))
+			}
+			row = append(row, bench.Median(pps), bench.Median(loss))
+			losses = append(losses, bench.Median(loss))
+		}
+		if len(servers) == 2 {
+			row = append(row, fmt.Sprintf("%+.3f", losses[0]-losses[1]))
+		}
+		t.Row(row...)
+	}
+	env.printf("\npaced (fixed offered load = %.2f x best closed-loop median of the cell):\n", factor)
+	t.Print(env.out, env.c.md)
+	return nil
+}
+
+type turnloadResult struct {
+	offered float64
+	res     turnload.Result
 }
 
 func turnOnce(ctx context.Context, s turnServer, cell turnCell, inflight, parallel int, warmup, duration time.Duration) (turnSample, error) {

@@ -501,6 +501,93 @@ func (s *Set) RunPackets(ctx context.Context, window int, packets uint64, timeou
 	return relayed, ctx.Err()
 }
 
+// RunPaced offers a fixed load: rate client sends per second in total, spread
+// evenly over the allocations by one pacer goroutine ticking every
+// millisecond (echoes do not trigger sends). Result.PPS is what the server
+// delivered (both directions); Loss is over the whole run after draining.
+func (s *Set) RunPaced(ctx context.Context, rate float64, o RunOptions) (Result, error) {
+	for _, a := range s.Allocs {
+		a.running.Store(false)
+		a.sent.Store(0)
+		a.recvClient.Store(0)
+		a.recvPeer.Store(0)
+	}
+	pctx, stopPacer := context.WithCancel(ctx)
+	pacerDone := make(chan struct{})
+	go func() {
+		defer close(pacerDone)
+		s.pace(pctx, rate)
+	}()
+	stop := func() {
+		stopPacer()
+		<-pacerDone
+	}
+	if err := sleep(ctx, o.Warmup); err != nil {
+		stop()
+		return Result{}, err
+	}
+	cpu0, err := cpuOf(o.CPU)
+	if err != nil {
+		stop()
+		return Result{}, err
+	}
+	_, e0, p0 := s.counters()
+	t0 := time.Now()
+	if err := sleep(ctx, o.Duration); err != nil {
+		stop()
+		return Result{}, err
+	}
+	_, e1, p1 := s.counters()
+	el := time.Since(t0)
+	cpu1, err := cpuOf(o.CPU)
+	stop()
+	if err != nil {
+		return Result{}, err
+	}
+	if err := sleep(ctx, o.Drain); err != nil {
+		return Result{}, err
+	}
+	sent, echoed, atPeer := s.counters()
+	r := Result{Duration: el, Relayed: (e1 - e0) + (p1 - p0), Sent: sent, Echoed: echoed, AtPeer: atPeer, ServerCPU: cpu1 - cpu0}
+	r.PPS = float64(r.Relayed) / el.Seconds()
+	if sent > 0 {
+		r.Loss = 1 - float64(min(echoed, sent))/float64(sent)
+	}
+	if r.Relayed > 0 {
+		r.CPUPerKPkt = time.Duration(float64(r.ServerCPU) * 1000 / float64(r.Relayed))
+	}
+	return r, nil
+}
+
+// pace sends rate packets per second in total, round-robin over the
+// allocations, catching up on each 1 ms tick with what is due.
+func (s *Set) pace(ctx context.Context, rate float64) {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	start := time.Now()
+	var done uint64
+	next := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		due := uint64(time.Since(start).Seconds() * rate)
+		// Bounded burst: if the pacer fell far behind (a descheduled
+		// process), skip ahead rather than flood.
+		if due > done+uint64(rate/10)+1 {
+			done = due - uint64(rate/10) - 1
+		}
+		for ; done < due; done++ {
+			s.Allocs[next].send()
+			if next++; next == len(s.Allocs) {
+				next = 0
+			}
+		}
+	}
+}
+
 // watchdog re-primes allocations that received nothing for 200 ms: their
 // whole window was lost.
 func (s *Set) watchdog(ctx context.Context, stalls *atomic.Uint64) {
