@@ -181,7 +181,7 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 // same user would silently share the port instead of failing.
 func listenUDP(ip string, port uint16, n int) ([]net.PacketConn, error) {
 	addr := net.JoinHostPort(ip, strconv.Itoa(int(port)))
-	wrap := func(err error) error { return fmt.Errorf("TURN UDP %s: %w", addr, err) }
+	wrap := func(err error) error { return fmt.Errorf("TURN UDP %s: %w", addr, opCause(err)) }
 	if port != 0 && reusePortSupported && n > 1 {
 		probe, err := net.ListenPacket("udp", addr)
 		if err != nil {
@@ -213,9 +213,20 @@ func listenTCP(ip string, port uint16) (net.Listener, error) {
 	addr := net.JoinHostPort(ip, strconv.Itoa(int(port)))
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("TURN TCP %s: %w", addr, err)
+		return nil, fmt.Errorf("TURN TCP %s: %w", addr, opCause(err))
 	}
 	return l, nil
+}
+
+// opCause drops net.OpError's repetition of the address ("listen udp
+// 0.0.0.0:3478: bind: address already in use" -> "bind: address already
+// in use"); errors.Is(err, syscall.EADDRINUSE) still holds.
+func opCause(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err
+	}
+	return err
 }
 
 func closeAllPC(pcs []net.PacketConn) {

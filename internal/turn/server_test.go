@@ -531,16 +531,41 @@ func TestListenerConflictNamesPort(t *testing.T) {
 	cfg := testConfig()
 	cfg.UDPPort = uint16(a.UDPAddr().Port)
 	_, err := New(cfg, testSecret, zap.NewNop(), nil)
-	want := "TURN UDP 127.0.0.1:" + strconv.Itoa(a.UDPAddr().Port)
+	want := "TURN UDP 127.0.0.1:" + strconv.Itoa(a.UDPAddr().Port) + ": bind: address already in use"
+	t.Log(err)
 	if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("err %v, want %q and EADDRINUSE", err, want)
 	}
 	cfg = testConfig()
 	cfg.TCPPort = uint16(a.TCPAddr().Port)
 	_, err = New(cfg, testSecret, zap.NewNop(), nil)
-	want = "TURN TCP 127.0.0.1:" + strconv.Itoa(a.TCPAddr().Port)
+	want = "TURN TCP 127.0.0.1:" + strconv.Itoa(a.TCPAddr().Port) + ": bind: address already in use"
+	t.Log(err)
 	if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("err %v, want %q and EADDRINUSE", err, want)
+	}
+}
+
+// The production default listens on every interface (dual-stack where
+// available) and binds relays on 0.0.0.0.
+func TestListenAllInterfaces(t *testing.T) {
+	cfg := testConfig()
+	cfg.ListenIP = "0.0.0.0"
+	s := startServer(t, cfg)
+	u, p := creds(peerA)
+	for _, network := range []string{"udp", "tcp"} {
+		port := s.UDPAddr().Port
+		if network == "tcp" {
+			port = s.TCPAddr().Port
+		}
+		c := dialAddr(t, network, "127.0.0.1:"+strconv.Itoa(port), u, p)
+		r, err := c.Allocate()
+		if err != nil {
+			t.Fatalf("%s: %v", network, err)
+		}
+		if got := r.LocalAddr().(*net.UDPAddr); !got.IP.Equal(net.IPv4(127, 0, 0, 1)) {
+			t.Fatalf("relayed address %v, want the public IP 127.0.0.1", got)
+		}
 	}
 }
 
