@@ -283,7 +283,9 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 			c.readOnce.Do(c.l.wg.Done)
 			return 0, err
 		}
-		if now := time.Now(); !c.active || now.Sub(c.extended) > time.Minute {
+		// Push the idle deadline out at most every idle/60 (a syscall-free
+		// but not free timer update), so it fires between 59/60 and 1 idle.
+		if now := time.Now(); !c.active || now.Sub(c.extended) > c.l.lim.idle/60 {
 			c.active, c.extended = true, now
 			_ = c.Conn.SetReadDeadline(now.Add(c.l.lim.idle))
 		}

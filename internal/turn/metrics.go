@@ -117,6 +117,9 @@ func (g *relayGen) AllocatePacketConn(network string, requestedPort int) (net.Pa
 		return nil, nil, err
 	}
 	rc := &relayConn{PacketConn: conn, s: g.s}
+	if ua, ok := conn.LocalAddr().(*net.UDPAddr); ok {
+		rc.port = uint16(ua.Port)
+	}
 	g.s.relays.add(rc)
 	return rc, addr, nil
 }
@@ -125,11 +128,14 @@ func (g *relayGen) AllocateConn(network string, requestedPort int) (net.Conn, ne
 	return g.inner.AllocateConn(network, requestedPort) // RFC 6062 TCP relaying: unsupported by pion v4
 }
 
-// relayConn counts relayed traffic with atomic adds only, and keeps
-// packets for this host's own addresses inside the relay port range.
+// relayConn counts relayed traffic with atomic adds only, and lets packets
+// for this host's own addresses reach only the relay sockets of other
+// allocations (two clients of this server calling each other), never
+// another service on the host.
 type relayConn struct {
 	net.PacketConn
 	s         *Server
+	port      uint16
 	closeOnce sync.Once
 }
 
@@ -145,7 +151,7 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	if ua, ok := addr.(*net.UDPAddr); ok {
 		ap := ua.AddrPort()
-		if c.s.filter.ownRestricted(ap.Addr()) && !c.s.inRelayRange(ap.Port()) {
+		if c.s.filter.ownRestricted(ap.Addr()) && !c.s.relays.isRelayPort(ap.Port()) {
 			// Report success: an error here only makes pion log per packet.
 			c.s.ctr.ownHostDropped.Add(1)
 			return len(p), nil
@@ -170,16 +176,20 @@ func (c *relayConn) Close() error {
 	return err
 }
 
-func (s *Server) inRelayRange(port uint16) bool {
-	return port >= s.cfg.PortRangeStart && port <= s.cfg.PortRangeEnd
-}
-
 // relaySet tracks open relay sockets so Close can wait for pion's
 // allocation goroutines to let go of them.
 type relaySet struct {
 	mu    sync.Mutex
 	conns map[*relayConn]struct{}
 	empty chan struct{} // closed and replaced when the set drains
+
+	// ports is a bitmap of the UDP ports with an open relay socket, read
+	// lock-free on the packet path.
+	ports [65536 / 64]atomic.Uint64
+}
+
+func (r *relaySet) isRelayPort(p uint16) bool {
+	return r.ports[p/64].Load()&(1<<(p%64)) != 0
 }
 
 func newRelaySet() *relaySet {
@@ -189,12 +199,18 @@ func newRelaySet() *relaySet {
 func (r *relaySet) add(c *relayConn) {
 	r.mu.Lock()
 	r.conns[c] = struct{}{}
+	if c.port != 0 {
+		r.ports[c.port/64].Or(1 << (c.port % 64))
+	}
 	r.mu.Unlock()
 }
 
 func (r *relaySet) remove(c *relayConn) {
 	r.mu.Lock()
 	delete(r.conns, c)
+	if c.port != 0 {
+		r.ports[c.port/64].And(^uint64(1 << (c.port % 64)))
+	}
 	if len(r.conns) == 0 && r.empty != nil {
 		close(r.empty)
 		r.empty = nil

@@ -16,8 +16,8 @@ const (
 	// OwnHost: one of this host's own addresses. A permission is granted so
 	// that two clients of this server can relay to each other's relayed
 	// addresses (both peers of a call usually use the same TURN server), but
-	// packets are only sent to the relay port range there, never to other
-	// services of the host (see relayConn.WriteTo).
+	// packets are only sent there to ports with an open relay socket, never
+	// to other services of the host (see relayConn.WriteTo).
 	OwnHost
 )
 
@@ -188,8 +188,8 @@ func (f *PeerFilter) Check(a netip.Addr) Verdict {
 	return Allow
 }
 
-// ownRestricted reports whether packets to a are limited to the relay
-// port range. Allocation-free: called for every relayed packet.
+// ownRestricted reports whether packets to a are limited to relay sockets.
+// Allocation-free: called for every relayed packet.
 func (f *PeerFilter) ownRestricted(a netip.Addr) bool {
 	if len(f.restricted) == 0 {
 		return false

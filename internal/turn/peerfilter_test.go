@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -128,39 +129,42 @@ func (r *recordConn) WriteTo(p []byte, a net.Addr) (int, error) {
 	return len(p), nil
 }
 
+func (r *recordConn) Close() error { return nil }
+
 func TestRelayConnOwnHostGuard(t *testing.T) {
 	s := &Server{
 		filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")}),
+		relays: newRelaySet(),
 	}
-	s.cfg.PortRangeStart, s.cfg.PortRangeEnd = 49152, 65535
+	other := &relayConn{PacketConn: &recordConn{}, s: s, port: 49152} // another allocation's relay
+	s.relays.add(other)
 	rec := &recordConn{}
 	c := &relayConn{PacketConn: rec, s: s}
-	for _, dst := range []string{"8.8.4.4:22", "8.8.4.4:3478", "8.8.4.4:49152", "8.8.4.4:65535", "8.8.8.8:22", "[::ffff:8.8.4.4]:53"} {
+	for _, dst := range []string{"8.8.4.4:22", "8.8.4.4:3478", "8.8.4.4:49152", "8.8.4.4:49153", "8.8.8.8:22", "[::ffff:8.8.4.4]:53", "[::ffff:8.8.4.4]:49152"} {
 		ap := netip.MustParseAddrPort(dst)
 		if n, err := c.WriteTo([]byte("data"), net.UDPAddrFromAddrPort(ap)); n != 4 || err != nil {
 			t.Fatalf("%s: %d %v", dst, n, err)
 		}
 	}
-	want := []string{"8.8.4.4:49152", "8.8.4.4:65535", "8.8.8.8:22"}
-	if len(rec.sent) != len(want) {
+	want := []string{"8.8.4.4:49152", "8.8.8.8:22", "8.8.4.4:49152"} // net.IP prints mapped IPv4 as IPv4
+	if fmt.Sprint(rec.sent) != fmt.Sprint(want) {
 		t.Fatalf("sent to %v, want %v", rec.sent, want)
 	}
-	for i := range want {
-		if rec.sent[i] != want[i] {
-			t.Fatalf("sent to %v, want %v", rec.sent, want)
-		}
-	}
-	if got := s.ctr.ownHostDropped.Load(); got != 3 {
-		t.Fatalf("dropped %d, want 3", got)
+	if got := s.ctr.ownHostDropped.Load(); got != 4 {
+		t.Fatalf("dropped %d, want 4", got)
 	}
 	if got := s.ctr.packetsToPeer.Load(); got != 3 {
 		t.Fatalf("counted %d sent packets, want 3", got)
 	}
+	// Once that relay is gone, its port is off limits too.
+	_ = other.Close()
+	if s.relays.isRelayPort(49152) {
+		t.Fatal("closed relay port still marked")
+	}
 }
 
 func TestRelayConnAllocationFree(t *testing.T) {
-	s := &Server{filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")})}
-	s.cfg.PortRangeStart, s.cfg.PortRangeEnd = 49152, 65535
+	s := &Server{filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")}), relays: newRelaySet()}
 	c := &relayConn{PacketConn: &recordConn{sent: make([]string, 0, 4096)}, s: s}
 	dropped := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("8.8.4.4:22"))
 	buf := []byte("payload")
