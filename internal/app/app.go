@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -120,7 +121,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		log.Info("TURN server disabled (DUSK_TURN_ENABLED=false)")
 	}
 
-	store, err := directory.Open(directory.Path(cfg.DataDir), log.Named("directory"))
+	store, err := directory.Open(filepath.Join(cfg.DataDir, directory.FileName), log.Named("directory"))
 	if err != nil {
 		return fmt.Errorf("directory: %w", err)
 	}
