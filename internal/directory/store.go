@@ -479,6 +479,9 @@ func strip(ks []keyed) []Profile {
 // and stops at the 20th match. Used for 1-2 character queries and as the
 // reference the index path is tested against.
 func (s *Store) searchScan(ctx context.Context, q string) ([]Profile, error) {
+	if q == "" {
+		return []Profile{}, nil // LIKE '%%' would match everything
+	}
 	rows, err := s.r.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles
         WHERE `+nameMatchSQL+` OR peer_id = ?1
         ORDER BY rowid DESC LIMIT 20`, q, likeSubstring(q))
@@ -507,6 +510,14 @@ func (s *Store) searchPeerOnly(ctx context.Context, q string) ([]Profile, error)
 // ftsPhrase quotes q as one FTS5 phrase: every character literal.
 func ftsPhrase(q string) string { return `"` + strings.ReplaceAll(q, `"`, `""`) + `"` }
 
+// indexQuerySQL drives the join from the FTS table in descending rowid
+// order (which FTS5 serves natively, so there is no sort and the LIMIT
+// stops the walk early) and filters candidates with the exact predicate.
+const indexQuerySQL = `SELECT p.rowid, p.peer_id, p.display_name, p.last_seen, p.relay_addr
+        FROM peer_profiles_fts f JOIN peer_profiles p ON p.rowid = f.rowid
+        WHERE peer_profiles_fts MATCH ?1 AND p.` + nameMatchSQL + `
+        ORDER BY f.rowid DESC LIMIT 20`
+
 // searchIndex walks the trigram index in rowid (= result) order and stops
 // at the 20th exact match; the peer-ID match is merged in.
 func (s *Store) searchIndex(ctx context.Context, q string) ([]Profile, error) {
@@ -515,10 +526,7 @@ func (s *Store) searchIndex(ctx context.Context, q string) ([]Profile, error) {
 		return nil, s.classify("search", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	rows, err := tx.QueryContext(ctx, `SELECT p.rowid, p.peer_id, p.display_name, p.last_seen, p.relay_addr
-        FROM peer_profiles_fts f JOIN peer_profiles p ON p.rowid = f.rowid
-        WHERE peer_profiles_fts MATCH ?1 AND p.`+nameMatchSQL+`
-        ORDER BY f.rowid DESC LIMIT 20`, ftsPhrase(q), likeSubstring(q))
+	rows, err := tx.QueryContext(ctx, indexQuerySQL, ftsPhrase(q), likeSubstring(q))
 	if err != nil {
 		return nil, s.classify("search", err)
 	}
