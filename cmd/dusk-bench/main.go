@@ -44,6 +44,7 @@ var subcommands = map[string]subcommand{
 	"directory":  {"directory Register/Search throughput and latency", runDirectory},
 	"circuit":    {"circuit relay throughput and setup latency vs direct", runCircuit},
 	"rendezvous": {"rendezvous discover latency and register throughput", runRendezvous},
+	"bare-relay": {"(internal) bare go-libp2p relay: the baseline server of conns", runBareRelay},
 }
 
 func main() {
@@ -104,6 +105,7 @@ type common struct {
 	quick    bool
 	timeout  time.Duration
 	logLevel string
+	extraEnv string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -113,6 +115,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.quick, "quick", false, "tiny numbers: a seconds-long smoke run")
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Minute, "abort the whole run after this long")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "DUSK_LOG_LEVEL of the daemon under test")
+	fs.StringVar(&c.extraEnv, "env", "", "extra daemon environment, comma list of K=V (e.g. GOGC=50); applied last")
 }
 
 // runEnv carries per-invocation state: output, the temp dir, cleanups.
@@ -185,15 +188,37 @@ func (e *runEnv) startDaemon(ctx context.Context, sub string, env map[string]str
 		return nil, err
 	}
 	e.c.relayBin = bin
+	return e.startServer(ctx, sub, bin, nil, env, secret)
+}
+
+// startBareRelay starts dusk-bench itself as the bare go-libp2p relay baseline.
+func (e *runEnv) startBareRelay(ctx context.Context, sub string, env map[string]string) (*bench.Daemon, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return e.startServer(ctx, sub, self, []string{"bare-relay"}, env, "")
+}
+
+func (e *runEnv) startServer(ctx context.Context, sub, bin string, args []string, env map[string]string, secret string) (*bench.Daemon, error) {
 	all := map[string]string{"DUSK_LOG_LEVEL": e.c.logLevel}
 	for k, v := range env {
 		all[k] = v
+	}
+	if e.c.extraEnv != "" {
+		for _, kv := range strings.Split(e.c.extraEnv, ",") {
+			k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			if !ok || k == "" {
+				return nil, fmt.Errorf("%w: -env wants K=V pairs, got %q", errUsage, kv)
+			}
+			all[k] = v
+		}
 	}
 	dir := filepath.Join(e.dir, sub)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	d, err := bench.StartDaemon(ctx, bench.DaemonOptions{Bin: bin, Dir: dir, Secret: secret, Env: all})
+	d, err := bench.StartDaemon(ctx, bench.DaemonOptions{Bin: bin, Args: args, Dir: dir, Secret: secret, Env: all})
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +235,9 @@ func (e *runEnv) header(title string, args []string) {
 	fmt.Fprintf(e.out, "## dusk-bench %s — %s\n", e.name, title)
 	fmt.Fprintf(e.out, "machine: %s\n", bench.MachineInfo())
 	fmt.Fprintf(e.out, "command: dusk-bench %s %s\n", e.name, strings.Join(args, " "))
+	if e.c.extraEnv != "" {
+		fmt.Fprintf(e.out, "extra server environment: %s\n", e.c.extraEnv)
+	}
 }
 
 func (e *runEnv) printf(format string, a ...any) { fmt.Fprintf(e.out, format, a...) }

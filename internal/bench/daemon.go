@@ -55,7 +55,8 @@ func RandomSecret() string {
 
 // DaemonOptions configures one daemon run.
 type DaemonOptions struct {
-	Bin string // path of the dusk-relay binary
+	Bin  string   // path of the dusk-relay binary
+	Args []string // command-line arguments (none for dusk-relay)
 	Dir string // scratch directory: data dir, working directory, logs
 	// Secret is DUSK_TURN_SECRET (random when empty).
 	Secret string
@@ -144,7 +145,7 @@ func StartDaemon(ctx context.Context, opts DaemonOptions) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrDaemon, err)
 	}
-	cmd := exec.Command(opts.Bin)
+	cmd := exec.Command(opts.Bin, opts.Args...)
 	cmd.Dir = opts.Dir // no stray .env is picked up
 	cmd.Env = vars
 	cmd.Stderr = stderr
