@@ -57,7 +57,7 @@ func RandomSecret() string {
 type DaemonOptions struct {
 	Bin  string   // path of the dusk-relay binary
 	Args []string // command-line arguments (none for dusk-relay)
-	Dir string // scratch directory: data dir, working directory, logs
+	Dir  string   // scratch directory: data dir, working directory, logs
 	// Secret is DUSK_TURN_SECRET (random when empty).
 	Secret string
 	// TURNRange is the relay port range (DUSK_TURN_PORT_RANGE_START/END);
