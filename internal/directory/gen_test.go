@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -72,8 +73,14 @@ func populate(tb testing.TB, s *Store, n int, seed uint64, base int64, bulk bool
 		tb.Fatal(err)
 	}
 	defer func() { _ = stmt.Close() }()
-	for i := 0; i < n; i++ {
-		ls := base - int64(r.IntN(30*86400))
+	// Ascending last_seen, as registrations arrive in production: rows are
+	// appended to the table instead of scattered through it.
+	lss := make([]int64, n)
+	for i := range lss {
+		lss[i] = base - int64(r.IntN(30*86400))
+	}
+	slices.Sort(lss)
+	for i, ls := range lss {
 		relay := ""
 		if i%2 == 0 {
 			relay = "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo/p2p-circuit"

@@ -55,6 +55,10 @@ type Store struct {
 	w    *sql.DB // single connection: writes serialize in-process, BEGIN IMMEDIATE
 	r    *sql.DB // readers; WAL lets them run beside the writer
 
+	// Prepared on the reader pool (database/sql re-prepares per
+	// connection as needed): saves parsing on every search.
+	stIndex, stPeer, stScan *sql.Stmt
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -96,9 +100,12 @@ func Open(path string, log *zap.Logger) (*Store, error) {
 	r.SetMaxOpenConns(4)
 	r.SetMaxIdleConns(4)
 	s.r = r
+	if err := s.prepare(context.Background()); err != nil {
+		_ = s.Close()
+		return nil, s.classify("open", err)
+	}
 	if err := s.Ping(context.Background()); err != nil {
-		_ = r.Close()
-		_ = w.Close()
+		_ = s.Close()
 		return nil, s.classify("open", err)
 	}
 	log.Info("directory db opened", zap.String("path", path), zap.Duration("took", time.Since(start)))
@@ -292,13 +299,32 @@ func renumber(ctx context.Context, tx *sql.Tx) (int, error) {
 	return len(todo), nil
 }
 
+func (s *Store) prepare(ctx context.Context) error {
+	var err error
+	if s.stIndex, err = s.r.PrepareContext(ctx, indexQuerySQL); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	if s.stPeer, err = s.r.PrepareContext(ctx, peerQuerySQL); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	if s.stScan, err = s.r.PrepareContext(ctx, scanQuerySQL); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	return nil
+}
+
 // Close closes the database. Safe to call more than once.
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		for _, st := range []*sql.Stmt{s.stIndex, s.stPeer, s.stScan} {
+			if st != nil {
+				err = errors.Join(err, st.Close())
+			}
+		}
 		if s.r != nil {
-			err = s.r.Close()
+			err = errors.Join(err, s.r.Close())
 		}
 		err = errors.Join(err, s.w.Close())
 	})
@@ -475,6 +501,13 @@ func strip(ks []keyed) []Profile {
 	return out
 }
 
+const (
+	peerQuerySQL = `SELECT ` + profileCols + ` FROM peer_profiles WHERE peer_id = ?1`
+	scanQuerySQL = `SELECT ` + profileCols + ` FROM peer_profiles
+        WHERE ` + nameMatchSQL + ` OR peer_id = ?1
+        ORDER BY rowid DESC LIMIT 20`
+)
+
 // searchScan is the plain scan: walks the table newest-first (rowid order)
 // and stops at the 20th match. Used for 1-2 character queries and as the
 // reference the index path is tested against.
@@ -482,9 +515,7 @@ func (s *Store) searchScan(ctx context.Context, q string) ([]Profile, error) {
 	if q == "" {
 		return []Profile{}, nil // LIKE '%%' would match everything
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles
-        WHERE `+nameMatchSQL+` OR peer_id = ?1
-        ORDER BY rowid DESC LIMIT 20`, q, likeSubstring(q))
+	rows, err := s.stScan.QueryContext(ctx, q, likeSubstring(q))
 	if err != nil {
 		return nil, s.classify("search", err)
 	}
@@ -496,7 +527,7 @@ func (s *Store) searchScan(ctx context.Context, q string) ([]Profile, error) {
 }
 
 func (s *Store) searchPeerOnly(ctx context.Context, q string) ([]Profile, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles WHERE peer_id = ?1`, q)
+	rows, err := s.stPeer.QueryContext(ctx, q)
 	if err != nil {
 		return nil, s.classify("search", err)
 	}
@@ -526,7 +557,7 @@ func (s *Store) searchIndex(ctx context.Context, q string) ([]Profile, error) {
 		return nil, s.classify("search", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	rows, err := tx.QueryContext(ctx, indexQuerySQL, ftsPhrase(q), likeSubstring(q))
+	rows, err := tx.StmtContext(ctx, s.stIndex).QueryContext(ctx, ftsPhrase(q), likeSubstring(q))
 	if err != nil {
 		return nil, s.classify("search", err)
 	}
@@ -534,7 +565,7 @@ func (s *Store) searchIndex(ctx context.Context, q string) ([]Profile, error) {
 	if err != nil {
 		return nil, s.classify("search", err)
 	}
-	rows, err = tx.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles WHERE peer_id = ?1`, q)
+	rows, err = tx.StmtContext(ctx, s.stPeer).QueryContext(ctx, q)
 	if err != nil {
 		return nil, s.classify("search", err)
 	}
@@ -573,6 +604,7 @@ func mergeKeyed(ks []keyed, k keyed) []keyed {
 // searchRustLike is the Rust relay's query, kept for the benchmark
 // baseline only (it treats % and _ as wildcards).
 func (s *Store) searchRustLike(ctx context.Context, q string) ([]Profile, error) {
+	q = normalizeQuery(q)
 	rows, err := s.r.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles
         WHERE lower(display_name) LIKE lower(?1) OR peer_id = ?2
         ORDER BY last_seen DESC LIMIT 20`, "%"+q+"%", q)
