@@ -186,6 +186,9 @@ func FuzzRequest(f *testing.F) {
 			if n := s.Registrations(); n > 8 {
 				t.Fatalf("%d live registrations for one peer, cap 8", n)
 			}
+			if tracked, want := budgetOf(s); tracked != want {
+				t.Fatalf("byte budget tracks %d, live entries hold %d", tracked, want)
+			}
 			clock.Advance(time.Minute)
 		}
 	})

@@ -14,7 +14,7 @@ type metrics struct {
 	errors      *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, live func() int, log *zap.Logger) metrics {
+func newMetrics(reg prometheus.Registerer, live, stored func() int, log *zap.Logger) metrics {
 	const ns, sub = "dusk", "rendezvous"
 	m := metrics{
 		registers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -36,7 +36,10 @@ func newMetrics(reg prometheus.Registerer, live func() int, log *zap.Logger) met
 	gauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 		Name: "live_registrations", Help: "Live (unexpired) rendezvous registrations."},
 		func() float64 { return float64(live()) })
-	for _, c := range []prometheus.Collector{m.registers, m.unregisters, m.discovers, m.served, m.malformed, m.errors, gauge} {
+	bytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+		Name: "stored_bytes", Help: "Bytes live rendezvous registrations count against DefaultMaxBytes."},
+		func() float64 { return float64(stored()) })
+	for _, c := range []prometheus.Collector{m.registers, m.unregisters, m.discovers, m.served, m.malformed, m.errors, gauge, bytes} {
 		if err := reg.Register(c); err != nil {
 			log.Error("register rendezvous metric", zap.Error(err))
 		}

@@ -20,7 +20,8 @@
 // 2 h, clamped into that range); signed peer records up to MaxRecordSize,
 // Ed25519-signed, for the sending peer. Each peer may hold at most
 // DefaultMaxPerPeer live registrations (E_NOT_AUTHORIZED beyond, as waku
-// does) and the server at most DefaultMaxRegistrations (E_UNAVAILABLE).
+// does) and the server at most DefaultMaxRegistrations holding at most
+// DefaultMaxBytes (E_UNAVAILABLE beyond either).
 package rendezvous
 
 import (
@@ -55,6 +56,14 @@ const (
 	DefaultMaxPerPeer = 1000
 	// DefaultMaxRegistrations caps live registrations in total.
 	DefaultMaxRegistrations = 1_000_000
+	// DefaultMaxBytes caps the memory held by live registrations (records,
+	// namespaces and a per-entry overhead estimate). Without it the other
+	// caps allow 1,000,000 records of up to 8 KiB each; a flood of 1000
+	// namespaces with 8 KiB records from one identity grew the daemon by
+	// ~24 MiB, and identities cost nothing. Typical Dusk records (~1 KiB)
+	// give ~100,000 registrations in this budget. Beyond it new
+	// registrations get E_UNAVAILABLE; refreshes that do not grow still pass.
+	DefaultMaxBytes = 128 << 20
 	// DefaultSweepInterval is how often expired registrations are dropped;
 	// reads skip expired ones in between.
 	DefaultSweepInterval = time.Minute
@@ -93,6 +102,11 @@ func WithMaxRegistrations(n int) Option {
 	return func(s *Server) { s.maxTotal = n }
 }
 
+// WithMaxBytes overrides DefaultMaxBytes (0 = unlimited).
+func WithMaxBytes(n int) Option {
+	return func(s *Server) { s.maxBytes = n }
+}
+
 // WithStreamTimeout overrides StreamTimeout (tests).
 func WithStreamTimeout(d time.Duration) Option {
 	return func(s *Server) { s.timeout = d }
@@ -111,6 +125,7 @@ type Server struct {
 	onRegister func(peer.ID, string, time.Duration)
 	maxPerPeer int
 	maxTotal   int
+	maxBytes   int
 	sweepEvery time.Duration
 	timeout    time.Duration
 	m          metrics
@@ -138,6 +153,7 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 		now:        time.Now,
 		maxPerPeer: DefaultMaxPerPeer,
 		maxTotal:   DefaultMaxRegistrations,
+		maxBytes:   DefaultMaxBytes,
 		sweepEvery: DefaultSweepInterval,
 		timeout:    StreamTimeout,
 		stop:       make(chan struct{}),
@@ -162,7 +178,8 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 		first = uint64(n)
 	}
 	s.store = newStore(first, s.maxPerPeer, s.maxTotal)
-	s.m = newMetrics(reg, s.Registrations, log)
+	s.store.maxBytes = max(s.maxBytes, 0)
+	s.m = newMetrics(reg, s.Registrations, s.StoredBytes, log)
 	return s
 }
 
@@ -197,6 +214,14 @@ func (s *Server) Close() error {
 		s.handlers.Wait()
 	})
 	return nil
+}
+
+// StoredBytes returns what live registrations count against the byte
+// budget (see DefaultMaxBytes).
+func (s *Server) StoredBytes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.store.bytes
 }
 
 // Registrations returns the number of live (unexpired) registrations.

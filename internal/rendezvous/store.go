@@ -14,6 +14,8 @@ var (
 	errPeerLimit = errors.New("rendezvous: too many registrations for this peer")
 	// errFull: the server holds maxTotal live registrations.
 	errFull = errors.New("rendezvous: registration table full")
+	// errNoMemory: storing the registration would exceed the byte budget.
+	errNoMemory = errors.New("rendezvous: registration memory budget exhausted")
 )
 
 // entry is one live registration. Its fields are immutable after insertion
@@ -94,7 +96,16 @@ type store struct {
 	expiry     expiryHeap
 	maxPerPeer int
 	maxTotal   int
+	// bytes is the sum of entrySize over live entries; maxBytes (0 =
+	// unlimited) caps it. The entry count alone does not bound memory:
+	// records may be up to MaxRecordSize each, and identities are free.
+	bytes    int
+	maxBytes int
 }
+
+// entrySize is what one registration costs in the byte budget: its
+// payload plus a fixed estimate of the entry, map and index overhead.
+func entrySize(ns string, record []byte) int { return len(ns) + len(record) + 256 }
 
 func newStore(firstID uint64, maxPerPeer, maxTotal int) *store {
 	return &store{
@@ -115,6 +126,15 @@ func (s *store) len() int { return len(s.expiry) }
 func (s *store) add(p peer.ID, ns string, record []byte, expires time.Time) (replaced bool, err error) {
 	nsMap := s.byPeer[p]
 	old := nsMap[ns]
+	if s.maxBytes > 0 {
+		freed := 0
+		if old != nil {
+			freed = entrySize(old.ns, old.record)
+		}
+		if s.bytes-freed+entrySize(ns, record) > s.maxBytes {
+			return false, errNoMemory
+		}
+	}
 	if old == nil {
 		if len(nsMap) >= s.maxPerPeer {
 			return false, errPeerLimit
@@ -141,6 +161,7 @@ func (s *store) add(p peer.ID, ns string, record []byte, expires time.Time) (rep
 	ix.entries = append(ix.entries, e)
 	s.all.entries = append(s.all.entries, e)
 	heap.Push(&s.expiry, e)
+	s.bytes += entrySize(ns, record)
 	return old != nil, nil
 }
 
@@ -150,6 +171,7 @@ func (s *store) remove(e *entry) {
 		return
 	}
 	e.dead = true
+	s.bytes -= entrySize(e.ns, e.record)
 	if nsMap := s.byPeer[e.peer]; nsMap != nil {
 		delete(nsMap, e.ns)
 		if len(nsMap) == 0 {
