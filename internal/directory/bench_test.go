@@ -23,6 +23,7 @@ import (
 //   - search_vs_rust_like: 20 of those queries through the Rust relay's
 //     `lower(display_name) LIKE lower('%q%') ... ORDER BY last_seen DESC`
 //     scan and through Search; p50/p99 of both and their ratio;
+//   - search_short_scan: 1-2 character queries (scan path), p50 and max;
 //   - register: Register of new peers (one durable commit per op).
 //
 // Run: go test ./internal/directory -run '^$' -bench Directory1M -benchtime 2000x -timeout 60m
@@ -100,6 +101,36 @@ func BenchmarkDirectory1M(b *testing.B) {
 		b.ReportMetric(ms(p50), "p50-ms")
 		b.ReportMetric(ms(p99), "p99-ms")
 		b.ReportMetric(float64(hits)/float64(b.N), "results/op")
+	})
+
+	// 1-2 character queries take the scan path (newest first, stops at the
+	// 20th match): fast for common letters, a full table scan for rare
+	// pairs. Fixed sample, once, like the comparison below.
+	var short []metric
+	b.Run("search_short_scan", func(b *testing.B) {
+		if short == nil {
+			r := rand.New(rand.NewPCG(11, 11))
+			var lat []time.Duration
+			for i := 0; i < 40; i++ {
+				rs := []rune(genName(r))
+				l := 1 + r.IntN(2)
+				o := r.IntN(len(rs) - l + 1)
+				q := string(rs[o : o+l])
+				if i >= 36 { // rare pairs: the worst case
+					q = []string{"qx", "zj", "Ωw", "9§"}[i-36]
+				}
+				t0 := time.Now()
+				if _, err := s.Search(ctx, q); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			p50, _ := percentiles(lat)
+			short = []metric{{ms(p50), "p50-ms"}, {ms(slices.Max(lat)), "max-ms"}}
+		}
+		for _, m := range short {
+			b.ReportMetric(m.v, m.unit)
+		}
 	})
 
 	// The Rust-style scan reads the whole table per query (seconds at 1M),
