@@ -101,39 +101,50 @@ func startDaemon(t *testing.T, env []string) *daemon {
 	d := &daemon{cmd: cmd, waitErr: make(chan error, 1)}
 	ready := make(chan struct{})
 	metricsSeen := make(chan string, 1)
+	var announcedLogs int // "announced address" log records, guarded by d.mu
 	go func() {
 		sc := bufio.NewScanner(stderr)
+		readyClosed := false
 		for sc.Scan() {
 			line := sc.Text()
+			var rec map[string]any
+			_ = json.Unmarshal([]byte(line), &rec)
 			d.mu.Lock()
 			d.stderr = append(d.stderr, line)
+			if rec["msg"] == "announced address" {
+				announcedLogs++
+			}
 			d.mu.Unlock()
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "metrics listening" {
+			switch rec["msg"] {
+			case "metrics listening":
 				if a, ok := rec["addr"].(string); ok {
 					metricsSeen <- a
+				}
+			case "dusk-relay ready":
+				// stdout lines are written before this record.
+				if !readyClosed {
+					close(ready)
+					readyClosed = true
 				}
 			}
 		}
 	}()
 	go func() {
 		sc := bufio.NewScanner(stdout)
-		closed := false
 		for sc.Scan() {
-			line := sc.Text()
-			if rest, ok := strings.CutPrefix(line, "announced address: "); ok {
-				a, err := ma.NewMultiaddr(rest)
-				if err == nil {
-					if info, err := peer.AddrInfoFromP2pAddr(a); err == nil {
-						d.peerID = info.ID
-						d.addrs = append(d.addrs, info.Addrs...)
-					}
-				}
+			rest, ok := strings.CutPrefix(sc.Text(), "announced address: ")
+			if !ok {
+				continue
 			}
-			if strings.HasPrefix(line, "relay address: ") && !closed {
-				// announced lines follow the relay address line at once.
-				go func() { time.Sleep(200 * time.Millisecond); close(ready) }()
-				closed = true
+			a, err := ma.NewMultiaddr(rest)
+			if err != nil {
+				continue
+			}
+			if info, err := peer.AddrInfoFromP2pAddr(a); err == nil {
+				d.mu.Lock()
+				d.peerID = info.ID
+				d.addrs = append(d.addrs, info.Addrs...)
+				d.mu.Unlock()
 			}
 		}
 	}()
@@ -146,15 +157,29 @@ func startDaemon(t *testing.T, env []string) *daemon {
 	case <-ready:
 	case err := <-d.waitErr:
 		d.waitErr <- err
-		t.Fatalf("daemon exited before printing its address: %v\n%s", err, d.logs())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("daemon printed no address within 30s\n%s", d.logs())
+		t.Fatalf("daemon exited before it was ready: %v\n%s", err, d.logs())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("daemon not ready within 60s\n%s", d.logs())
 	}
 	select {
 	case d.metrics = <-metricsSeen:
 	case <-time.After(5 * time.Second):
 	}
-	if d.peerID == "" || len(d.addrs) == 0 {
+	// The stdout reader may lag behind stderr: wait (bounded) until it has
+	// parsed one line per announced address the daemon logged.
+	for i := 0; i < 100; i++ {
+		d.mu.Lock()
+		done := announcedLogs > 0 && len(d.addrs) >= announcedLogs
+		d.mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.mu.Lock()
+	parsed := d.peerID != "" && len(d.addrs) > 0
+	d.mu.Unlock()
+	if !parsed {
 		t.Fatalf("no announced address parsed\n%s", d.logs())
 	}
 	return d
