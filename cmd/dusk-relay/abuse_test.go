@@ -30,10 +30,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/record"
 	"github.com/libp2p/go-msgio/pbio"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/pion/logging"
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
-	ma "github.com/multiformats/go-multiaddr"
 	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
 
 	"github.com/duskchat/dusk-relay/internal/directory"
