@@ -69,35 +69,32 @@ func benchAllocate(b *testing.B, start func(*testing.B) target) {
 		b.Run(network, func(b *testing.B) {
 			tg := start(b)
 			u, p := tg.creds(peerA)
-			// UDP client sockets stay open for a while after their allocation
-			// is released, so a new client never reuses a port whose
-			// allocation the server has not yet deleted (437 otherwise).
-			// TCP needs no delay (closing the connection ends the
-			// allocation) and must stay under the per-IP connection cap.
-			ring := make([]*client, 1)
-			if network == "udp" {
-				ring = make([]*client, 256)
-			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				c := dialAddr(b, network, tg.addr(network), u, p)
+				var c *client
+				if network == "udp" {
+					// A new source address each time: a reused client port
+					// whose allocation the server has not deleted yet (coturn
+					// keeps them after pion's fire-and-forget Refresh(0))
+					// would get 437.
+					pc, err := net.ListenPacket("udp4", net.JoinHostPort(loopbackN(i), "0"))
+					if err != nil {
+						b.Fatal(err)
+					}
+					c = clientOn(b, pc, tg.udp, u, p)
+				} else {
+					c = dialAddr(b, network, tg.tcp, u, p)
+				}
 				b.StartTimer()
 				r, err := c.Client.Allocate()
 				if err != nil {
-					b.Fatal(err)
+					b.Fatalf("allocation %d: %v", i, err)
 				}
 				b.StopTimer()
 				_ = r.Close() // Refresh(0): frees the relay port
-				if old := ring[i%len(ring)]; old != nil {
-					old.close()
-				}
-				if network == "tcp" {
-					c.close()
-					c = nil
-				}
-				ring[i%len(ring)] = c
+				c.close()
 				b.StartTimer()
 			}
 		})
@@ -105,7 +102,8 @@ func benchAllocate(b *testing.B, start func(*testing.B) target) {
 }
 
 // pump sends n packets with at most window in flight and counts arrivals;
-// a stalled window (loss) is given up on after a short wait.
+// a stalled window (loss) is given up on after a short wait, so the run is
+// bounded even when packets are dropped.
 func pump(n, window int, send func() error, recv func() error) (received int64, elapsed time.Duration, err error) {
 	var got atomic.Int64
 	done := make(chan struct{})
@@ -120,11 +118,13 @@ func pump(n, window int, send func() error, recv func() error) (received int64, 
 	}()
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		for w := 0; int64(i)-got.Load() >= int64(window); w++ {
-			if w > 20000 { // ~200 ms stalled: count the gap as lost
-				break
+		if int64(i)-got.Load() >= int64(window) {
+			// Wait for the receiver, but not for lost packets: a window
+			// stalled for 200 ms (or a receiver that gave up) moves on.
+			stalled := time.Now()
+			for int64(i)-got.Load() >= int64(window) && time.Since(stalled) < 200*time.Millisecond && !closed(done) {
+				time.Sleep(20 * time.Microsecond)
 			}
-			time.Sleep(10 * time.Microsecond)
 		}
 		if err := send(); err != nil {
 			return got.Load(), time.Since(start), err
@@ -132,6 +132,20 @@ func pump(n, window int, send func() error, recv func() error) (received int64, 
 	}
 	<-done
 	return got.Load(), time.Since(start), nil
+}
+
+// loopbackN spreads clients over 127.1.0.0/16.
+func loopbackN(i int) string {
+	return netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}).String()
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func reportRate(b *testing.B, n int, received int64, elapsed time.Duration) {

@@ -172,7 +172,15 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		zap.String("relay_ports", fmt.Sprintf("%d-%d", cfg.PortRangeStart, cfg.PortRangeEnd)),
 		zap.String("realm", cfg.Realm),
 		zap.Int("max_allocations", cfg.MaxAllocations), zap.Int("max_per_peer", cfg.MaxPerUser),
-		zap.Int("allow_peers", len(cfg.AllowPeers)), zap.Int("deny_peers", len(cfg.DenyPeers)))
+		zap.Int("deny_peers", len(cfg.DenyPeers)))
+	if len(cfg.AllowPeers) > 0 {
+		allowed := make([]string, len(cfg.AllowPeers))
+		for i, p := range cfg.AllowPeers {
+			allowed[i] = p.String()
+		}
+		log.Warn("DUSK_TURN_ALLOW_PEERS: TURN clients may relay into these ranges despite the built-in deny list",
+			zap.Strings("allow_peers", allowed))
+	}
 	return s, nil
 }
 

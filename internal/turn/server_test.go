@@ -119,6 +119,12 @@ func dialAddr(t testing.TB, network, server, user, pass string) *client {
 	default:
 		t.Fatalf("network %q", network)
 	}
+	return clientOn(t, pc, server, user, pass)
+}
+
+// clientOn runs a pion/turn client over pc.
+func clientOn(t testing.TB, pc net.PacketConn, server, user, pass string) *client {
+	t.Helper()
 	c, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: server,
 		TURNServerAddr: server,
