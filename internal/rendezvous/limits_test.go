@@ -2,9 +2,11 @@ package rendezvous
 
 import (
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
 	"go.uber.org/zap"
 
@@ -70,5 +72,39 @@ func TestDefaultByteBudget(t *testing.T) {
 	defer s.Close()
 	if s.store.maxBytes != DefaultMaxBytes || DefaultMaxBytes <= 0 || DefaultMaxBytes > 1<<30 {
 		t.Fatalf("default budget %d", s.store.maxBytes)
+	}
+}
+
+// Close must not wait StreamTimeout for clients that never finish their
+// request: shutdown would hang that long (seen as a 14 s SIGTERM in the
+// daemon's fault suite). Their streams are reset, a finished request on
+// another stream is still answered.
+func TestCloseCutsHeldStreams(t *testing.T) {
+	srv, sh := startServer(t, nil, WithStreamTimeout(10*time.Minute))
+	c := clients(t, sh, 1)[0]
+	var held []network.Stream
+	for i := 0; i < 5; i++ {
+		s := openStream(t, c, sh.ID())
+		if _, err := s.Write([]byte{0x20, 0x08}); err != nil { // a length prefix, then nothing
+			t.Fatal(err)
+		}
+		held = append(held, s)
+	}
+	eventually(t, "streams in flight", func() bool {
+		srv.life.Lock()
+		defer srv.life.Unlock()
+		return len(srv.active) == len(held)
+	})
+	closed := make(chan struct{})
+	go func() { _ = srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waiting for held streams after 30 s (stream timeout 10 min)")
+	}
+	for i, s := range held {
+		if _, err := io.ReadAll(s); err == nil {
+			t.Errorf("held stream %d ended gracefully; want a reset", i)
+		}
 	}
 }

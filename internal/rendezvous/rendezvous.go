@@ -133,9 +133,10 @@ type Server struct {
 	mu    sync.Mutex // guards store
 	store *store
 
-	life     sync.Mutex // guards host, closed and Add on handlers
+	life     sync.Mutex // guards host, closed, active and Add on handlers
 	host     host.Host
 	closed   bool
+	active   map[network.Stream]struct{} // streams being handled
 	handlers sync.WaitGroup
 	stop     chan struct{}
 	sweeper  sync.WaitGroup
@@ -157,6 +158,7 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 		sweepEvery: DefaultSweepInterval,
 		timeout:    StreamTimeout,
 		stop:       make(chan struct{}),
+		active:     make(map[network.Stream]struct{}),
 	}
 	for _, o := range opts {
 		o(s)
@@ -197,14 +199,19 @@ func (s *Server) Attach(h host.Host) {
 	go s.sweepLoop()
 }
 
-// Close removes the stream handler, stops the sweeper and waits for
-// in-flight streams (each bounded by StreamTimeout). It does not close the
-// host. Safe to call more than once.
+// Close removes the stream handler, stops the sweeper, cuts short the
+// reads of in-flight streams (a client that never finishes its request
+// would otherwise hold shutdown for StreamTimeout) and waits for their
+// handlers, which may still write an answer already computed. It does not
+// close the host. Safe to call more than once.
 func (s *Server) Close() error {
 	s.once.Do(func() {
 		s.life.Lock()
 		s.closed = true
 		h := s.host
+		for str := range s.active {
+			_ = str.SetReadDeadline(time.Now())
+		}
 		s.life.Unlock()
 		if h != nil {
 			h.RemoveStreamHandler(Protocol)
@@ -271,11 +278,19 @@ func (s *Server) handle(str network.Stream) {
 		return
 	}
 	s.handlers.Add(1)
+	// The deadline is set under the lock so that Close, which shortens it,
+	// cannot be overridden by it.
+	_ = str.SetDeadline(time.Now().Add(s.timeout))
+	s.active[str] = struct{}{}
 	s.life.Unlock()
-	defer s.handlers.Done()
+	defer func() {
+		s.life.Lock()
+		delete(s.active, str)
+		s.life.Unlock()
+		s.handlers.Done()
+	}()
 
 	remote := str.Conn().RemotePeer()
-	_ = str.SetDeadline(time.Now().Add(s.timeout))
 
 	var req pb.Message
 	if err := pbio.NewDelimitedReader(str, MaxMessageSize).ReadMsg(&req); err != nil {
