@@ -233,6 +233,39 @@ func TestSearchOrderingAndLimit(t *testing.T) {
 	assertOrderingKeys(t, s)
 }
 
+func TestCompaction(t *testing.T) {
+	s, err := openWith(filepath.Join(t.TempDir(), FileName), zap.NewNop(), 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	for i := 0; i < 30; i++ { // each commit adds an FTS segment
+		mustRegister(t, s, fmt.Sprint("p", i), fmt.Sprint("name ", i), "", 1_700_000_000+int64(i))
+	}
+	// The background loop merges after writes; afterwards a merge is a
+	// no-op, i.e. the index is one segment.
+	deadline := time.Now().Add(20 * time.Second)
+	for s.compactions.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("background compaction never ran")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if steps, err := s.Compact(bg); err != nil || steps != 0 {
+		t.Fatalf("index not compact after the loop ran: %d steps, %v", steps, err)
+	}
+	assertOrderingKeys(t, s)
+	if got := names(searchBoth(t, s, "name 2")); len(got) != 11 || got[0] != "name 29" {
+		t.Fatalf("search after compaction: %q", got)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Compact(bg); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Compact after Close: %v", err)
+	}
+}
+
 // The index query must be driven by the FTS table and need no sort: that
 // is what makes a common trigram cost 20 rows instead of all its matches.
 func TestSearchIndexPlan(t *testing.T) {
