@@ -119,6 +119,9 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		turncreds.New(cfg.TURN, secret, log.Named("turncreds"), reg).Attach(ctx, h)
 	} else {
 		log.Info("TURN server disabled (DUSK_TURN_ENABLED=false)")
+		// Still registered: requests are closed without an answer (SPEC §6)
+		// instead of failing as "protocol not supported".
+		turncreds.New(cfg.TURN, nil, log.Named("turncreds"), reg).Attach(ctx, h)
 	}
 
 	store, err := directory.Open(filepath.Join(cfg.DataDir, directory.FileName), log.Named("directory"))

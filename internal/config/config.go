@@ -222,8 +222,11 @@ func (c *Config) Validate() error {
 	if c.MaxTTL < c.MinTTL {
 		return bad("DUSK_RENDEZVOUS_MAX_TTL", c.MaxTTL.String(), "must be >= DUSK_RENDEZVOUS_MIN_TTL")
 	}
-	if _, err := netip.ParseAddr(c.PublicIP); err != nil {
+	if ip, err := netip.ParseAddr(c.PublicIP); err != nil {
 		return bad("DUSK_TURN_PUBLIC_IP", c.PublicIP, "not an IP address")
+	} else if bool(c.TURN.Enabled) && !ip.Unmap().Is4() {
+		// pion/turn opens IPv4 relay sockets only.
+		return bad("DUSK_TURN_PUBLIC_IP", c.PublicIP, "must be an IPv4 address while TURN is enabled")
 	}
 	if _, err := netip.ParseAddr(c.ListenIP); err != nil {
 		return bad("DUSK_TURN_LISTEN_IP", c.ListenIP, "not an IP address")

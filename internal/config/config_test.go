@@ -118,6 +118,7 @@ func TestMalformedNamesVariable(t *testing.T) {
 		"DUSK_RELAY_CIRCUIT_BYTES":    "lots",
 		"DUSK_RENDEZVOUS_MAX_TTL":     "1h",
 		"DUSK_TURN_PUBLIC_IP":         "300.1.1.1",
+		"DUSK_TURN_LISTEN_IP":         "localhost",
 		"DUSK_TURN_UDP_PORT":          "70000",
 		"DUSK_TURN_PORT_RANGE_START":  "80",
 		"DUSK_TURN_PORT_RANGE_END":    "50000x",
@@ -245,5 +246,19 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 	if !strings.Contains(out, "DUSK_RELAY_PORT") || !strings.Contains(out, "4001") {
 		t.Errorf("--help lacks defaults:\n%s", out)
+	}
+}
+
+func TestIPv6PublicIPOnlyWithoutTURN(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("DUSK_TURN_PUBLIC_IP", "2001:db8::1")
+	_, err := Load()
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Var != "DUSK_TURN_PUBLIC_IP" {
+		t.Fatalf("IPv6 public IP with TURN on: %v", err)
+	}
+	t.Setenv("DUSK_TURN_ENABLED", "false")
+	if _, err := Load(); err != nil {
+		t.Errorf("IPv6 public IP with TURN off: %v", err)
 	}
 }
