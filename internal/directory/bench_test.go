@@ -27,7 +27,9 @@ import (
 //   - register: Register of new peers (one durable commit per op);
 //   - search_index_after_writes: search_index again, before the background
 //     compaction has merged the segments those registrations added;
-//   - compact_after_writes: what that compaction costs.
+//   - compact_after_writes: what that compaction costs;
+//   - search_index_at_compaction_threshold: search_index with the write
+//     count at which the background task compacts (200) not yet merged.
 //
 // Run: go test ./internal/directory -run '^$' -bench Directory1M -benchtime 2000x -timeout 60m -v
 func BenchmarkDirectory1M(b *testing.B) {
@@ -216,6 +218,15 @@ func BenchmarkDirectory1M(b *testing.B) {
 			b.ReportMetric(m.v, m.unit)
 		}
 	})
+	// The usual worst case the background task leaves: its write threshold
+	// reached, compaction not yet run.
+	r = rand.New(rand.NewPCG(5, 5))
+	for i := int64(0); i < defaultCompaction.writes; i++ {
+		if err := s.Register(ctx, fmt.Sprintf("threshold-%d", i), genName(r), "", time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("search_index_at_compaction_threshold", searchBench)
 }
 
 type metric struct {

@@ -234,7 +234,8 @@ func TestSearchOrderingAndLimit(t *testing.T) {
 }
 
 func TestCompaction(t *testing.T) {
-	s, err := openWith(filepath.Join(t.TempDir(), FileName), zap.NewNop(), 20*time.Millisecond)
+	s, err := openWith(filepath.Join(t.TempDir(), FileName), zap.NewNop(),
+		compaction{tick: 10 * time.Millisecond, minGap: 10 * time.Millisecond, maxGap: time.Hour, writes: 25})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,8 +243,8 @@ func TestCompaction(t *testing.T) {
 	for i := 0; i < 30; i++ { // each commit adds an FTS segment
 		mustRegister(t, s, fmt.Sprint("p", i), fmt.Sprint("name ", i), "", 1_700_000_000+int64(i))
 	}
-	// The background loop merges after writes; afterwards a merge is a
-	// no-op, i.e. the index is one segment.
+	// 30 writes > 25: the background loop merges; afterwards a merge is
+	// a no-op, i.e. the index is one segment.
 	deadline := time.Now().Add(20 * time.Second)
 	for s.compactions.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -263,6 +264,34 @@ func TestCompaction(t *testing.T) {
 	}
 	if _, err := s.Compact(bg); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Compact after Close: %v", err)
+	}
+}
+
+func TestCompactionSchedule(t *testing.T) {
+	// Below the write threshold: nothing until maxGap has passed.
+	s, err := openWith(filepath.Join(t.TempDir(), FileName), zap.NewNop(),
+		compaction{tick: 5 * time.Millisecond, minGap: 5 * time.Millisecond, maxGap: 300 * time.Millisecond, writes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	start := time.Now()
+	mustRegister(t, s, "p1", "one", "", 1_700_000_000)
+	mustRegister(t, s, "p2", "two", "", 1_700_000_000)
+	deadline := time.Now().Add(20 * time.Second)
+	for s.compactions.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("maxGap compaction never ran")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Fatalf("compacted after %v, before maxGap with 2 writes < 1000", el)
+	}
+	// No writes since: the loop stays idle.
+	time.Sleep(50 * time.Millisecond)
+	if n := s.compactions.Load(); n != 1 {
+		t.Fatalf("%d compactions without writes", n)
 	}
 }
 
