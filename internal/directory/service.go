@@ -131,9 +131,19 @@ func (s *Service) register(ctx context.Context, remote peer.ID, req Request) Res
 		return errResp(wireErrRelayAddr)
 	default:
 		s.ops.WithLabelValues(op, "error").Inc()
-		s.log.Error("directory: failed to register", zap.Stringer("peer", remote), zap.Error(err))
+		s.logStoreError("directory: failed to register", remote, err)
 		return errResp(wireErrInternal)
 	}
+}
+
+// logStoreError logs a storage failure at error level, except requests
+// that raced with shutdown (the store is closed before the host).
+func (s *Service) logStoreError(msg string, remote peer.ID, err error) {
+	if errors.Is(err, ErrClosed) {
+		s.log.Debug(msg, zap.Stringer("peer", remote), zap.Error(err))
+		return
+	}
+	s.log.Error(msg, zap.Stringer("peer", remote), zap.Error(err))
 }
 
 func (s *Service) search(ctx context.Context, remote peer.ID, query string) Response {
@@ -141,7 +151,7 @@ func (s *Service) search(ctx context.Context, remote peer.ID, query string) Resp
 	res, err := s.store.Search(ctx, query)
 	if err != nil {
 		s.ops.WithLabelValues(op, "error").Inc()
-		s.log.Error("directory: search failed", zap.Stringer("peer", remote), zap.Error(err))
+		s.logStoreError("directory: search failed", remote, err)
 		return errResp(wireErrInternal)
 	}
 	s.ops.WithLabelValues(op, "ok").Inc()
@@ -155,7 +165,7 @@ func (s *Service) remove(ctx context.Context, remote peer.ID) Response {
 	const op = "remove"
 	if _, err := s.store.Remove(ctx, remote.String()); err != nil {
 		s.ops.WithLabelValues(op, "error").Inc()
-		s.log.Error("directory: failed to remove", zap.Stringer("peer", remote), zap.Error(err))
+		s.logStoreError("directory: failed to remove", remote, err)
 		return errResp(wireErrInternal)
 	}
 	s.ops.WithLabelValues(op, "ok").Inc()

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/duskchat/dusk-relay/internal/config"
 	"github.com/duskchat/dusk-relay/internal/reqresp"
@@ -241,20 +242,44 @@ func TestLimiterBounded(t *testing.T) {
 }
 
 func TestStorageErrorIsInternal(t *testing.T) {
-	store := openStore(t)
-	svc := NewService(store, config.Directory{}, zap.NewNop(), nil)
-	if err := store.Close(); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	for _, req := range []Request{
+	reqs := []Request{
 		{Kind: RequestRegister, DisplayName: "a"},
 		{Kind: RequestSearch, Query: "abc"},
+		{Kind: RequestSearch, Query: "ab"},
 		{Kind: RequestRemove},
-	} {
+	}
+	// A real SQL failure: the table vanished underneath. The wire says
+	// "internal error", the SQL text goes to the error log only.
+	store := openStore(t)
+	core, logs := observer.New(zap.ErrorLevel)
+	svc := NewService(store, config.Directory{}, zap.New(core), nil)
+	if _, err := store.w.Exec(`ALTER TABLE peer_profiles RENAME TO gone`); err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range reqs {
 		r := svc.Answer(ctx, "p", req)
+		if r.Kind != ResponseError || r.Error != "internal error" {
+			t.Fatalf("%v with a broken table: %#v", req.Kind, r)
+		}
+	}
+	if logs.Len() != len(reqs) || !strings.Contains(fmt.Sprint(logs.All()[0].Context), "no such table") {
+		t.Fatalf("error logs: %d %v", logs.Len(), logs.All())
+	}
+	// After Close (shutdown race): same answer, no error-level log.
+	store2 := openStore(t)
+	core2, logs2 := observer.New(zap.ErrorLevel)
+	svc2 := NewService(store2, config.Directory{}, zap.New(core2), nil)
+	if err := store2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range reqs {
+		r := svc2.Answer(ctx, "p", req)
 		if r.Kind != ResponseError || r.Error != "internal error" {
 			t.Fatalf("%v on closed store: %#v", req.Kind, r)
 		}
+	}
+	if logs2.Len() != 0 {
+		t.Fatalf("error logs after Close: %v", logs2.All())
 	}
 }
