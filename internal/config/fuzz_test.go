@@ -7,10 +7,14 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	ma "github.com/multiformats/go-multiaddr"
 )
 
-// FuzzMultiaddrList: Decode never panics; what it accepts prints back to
-// a list that decodes to the same addresses.
+// FuzzMultiaddrList: Decode never panics; every address it accepts prints
+// to text that parses back to the same address and has host names only
+// where a host name belongs (regression seed: "/dns/0 /", a DNS name with
+// a trailing space, used to be accepted).
 func FuzzMultiaddrList(f *testing.F) {
 	for _, s := range []string{
 		"", ",", "/ip4/1.2.3.4/tcp/4001", "/dns4/relay.example.org/tcp/4001, /ip6/::1/tcp/1",
@@ -26,23 +30,17 @@ func FuzzMultiaddrList(f *testing.F) {
 		if err := l.Decode(v); err != nil {
 			return
 		}
-		parts := make([]string, len(l))
-		for i, a := range l {
-			if a == nil {
-				t.Fatalf("nil multiaddr from %q", v)
+		for _, a := range l {
+			if a == nil || len(a) == 0 {
+				t.Fatalf("empty multiaddr from %q", v)
 			}
-			parts[i] = a.String()
-		}
-		var again MultiaddrList
-		if err := again.Decode(strings.Join(parts, ",")); err != nil {
-			t.Fatalf("%q decoded to %v, which does not decode again: %v", v, parts, err)
-		}
-		if len(again) != len(l) {
-			t.Fatalf("%q: %d addresses, then %d", v, len(l), len(again))
-		}
-		for i := range l {
-			if !l[i].Equal(again[i]) {
-				t.Fatalf("%q: %s became %s", v, l[i], again[i])
+			// Each address prints to text that parses back to it.
+			back, err := ma.NewMultiaddr(a.String())
+			if err != nil || !back.Equal(a) {
+				t.Fatalf("%q: %s does not round-trip (%v)", v, a, err)
+			}
+			if err := checkHostnames(back); err != nil {
+				t.Fatalf("%q: accepted %s: %v", v, a, err)
 			}
 		}
 	})
@@ -162,4 +160,26 @@ func FuzzDotEnv(f *testing.F) {
 		}
 		checkLoad(t, content)
 	})
+}
+
+func TestMultiaddrHostnames(t *testing.T) {
+	for v, ok := range map[string]bool{
+		"/dns4/relay.example.org/tcp/4001":                  true,
+		"/dns/relay.example.org./tcp/4001":                  true,
+		"/dnsaddr/_dnsaddr.example.org":                     true,
+		"/dns4/relay.example.org /tcp/4001":                 false,
+		"/dns/0 /":                                          false,
+		"/dns6/a..b/tcp/1":                                  false,
+		"/dns4/" + strings.Repeat("a", 64) + ".org/tcp/1":   false,
+		"/dns4/ünïcode.example/tcp/1":                       false,
+		"/ip4/1.2.3.4/tcp/1/tls/sni/relay.example.org/ws":   true,
+		"/ip4/1.2.3.4/tcp/1/tls/sni/relay example.org/ws":   false,
+		"/ip4/203.0.113.7/tcp/4001, /dns4/ok.example/tcp/1": true,
+		"/ip4/203.0.113.7/tcp/4001, /dns4/bad\tname/tcp/1":  false,
+	} {
+		var l MultiaddrList
+		if err := l.Decode(v); (err == nil) != ok {
+			t.Errorf("Decode(%q) = %v, want ok=%v", v, err, ok)
+		}
+	}
 }

@@ -19,9 +19,52 @@ func (l *MultiaddrList) Decode(v string) error {
 		if err != nil {
 			return fmt.Errorf("bad multiaddr %q: %w", s, err)
 		}
+		if err := checkHostnames(a); err != nil {
+			return fmt.Errorf("bad multiaddr %q: %w", s, err)
+		}
 		*l = append(*l, a)
 	}
 	return nil
+}
+
+// checkHostnames rejects DNS components that are not host names.
+// go-multiaddr takes any text there ("/dns4/relay.example.org /tcp/4001"
+// parses, with a trailing space in the name), and such an address would
+// be announced to every client, which cannot resolve it.
+func checkHostnames(a ma.Multiaddr) error {
+	var bad error
+	ma.ForEach(a, func(c ma.Component) bool {
+		switch c.Code() {
+		case ma.P_DNS, ma.P_DNS4, ma.P_DNS6, ma.P_DNSADDR, ma.P_SNI:
+			if !validHostname(c.Value()) {
+				bad = fmt.Errorf("invalid host name %q in /%s", c.Value(), c.Protocol().Name)
+				return false
+			}
+		}
+		return true
+	})
+	return bad
+}
+
+// validHostname: 1-253 bytes of dot-separated labels of 1-63 ASCII
+// letters, digits, '-' or '_' (a trailing dot is allowed).
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // PrefixList is a comma-separated list of CIDRs (a bare IP means /32 or /128).
