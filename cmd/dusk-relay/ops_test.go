@@ -206,3 +206,24 @@ func TestMetricsMoveWithActivity(t *testing.T) {
 		}
 	}
 }
+
+// With TURN ports 0 the credential URIs name the ports actually bound.
+func TestCredentialURIsNameBoundPorts(t *testing.T) {
+	d := startDaemon(t, testEnv(t.TempDir()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := newClient(t)
+	if err := c.Connect(ctx, peer.AddrInfo{ID: d.peerID, Addrs: d.addrs}); err != nil {
+		t.Fatal(err)
+	}
+	var creds turncreds.Response
+	if err := reqresp.CallCBOR(ctx, c, d.peerID, "/dusk/turn-credentials/1.0.0",
+		turncreds.Request{PeerID: c.ID().String()}, &creds); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(d.turnUDPAddr(t))
+	want := "turn:127.0.0.1:" + port
+	if len(creds.URIs) != 2 || creds.URIs[0] != want || !strings.HasSuffix(creds.URIs[1], "?transport=tcp") {
+		t.Errorf("URIs = %v, want first %s", creds.URIs, want)
+	}
+}

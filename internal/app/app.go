@@ -45,7 +45,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
 		defer cancel()
 		for i := len(stops) - 1; i >= 0; i-- {
-			if serr := stops[i].stop(sctx); serr != nil {
+			if serr := stopWithin(sctx, stops[i].stop); serr != nil {
 				log.Warn("stop "+stops[i].name, zap.Error(serr))
 			} else {
 				log.Debug("stopped " + stops[i].name)
@@ -116,7 +116,11 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		if ops != nil {
 			ops.AddCheck("turn", ts.Ready)
 		}
-		turncreds.New(cfg.TURN, secret, log.Named("turncreds"), reg).Attach(ctx, h)
+		// Port 0 (tests) means "any": advertise the ports actually bound.
+		credCfg := cfg.TURN
+		credCfg.UDPPort = uint16(ts.UDPAddr().Port)
+		credCfg.TCPPort = uint16(ts.TCPAddr().Port)
+		turncreds.New(credCfg, secret, log.Named("turncreds"), reg).Attach(ctx, h)
 	} else {
 		log.Info("TURN server disabled (DUSK_TURN_ENABLED=false)")
 		// Still registered: requests are closed without an answer (SPEC §6)
@@ -126,7 +130,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 
 	store, err := directory.Open(filepath.Join(cfg.DataDir, directory.FileName), log.Named("directory"))
 	if err != nil {
-		return fmt.Errorf("directory: %w", err)
+		return err // the store's errors already name the directory
 	}
 	onStop("directory", closer(store.Close))
 	if ops != nil {
@@ -167,6 +171,19 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		ops.SetStarted(false)
 	}
 	return nil
+}
+
+// stopWithin runs stop but gives up when ctx ends, so one stuck Close
+// cannot hold SIGTERM past ShutdownTimeout.
+func stopWithin(ctx context.Context, stop func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- stop(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("gave up waiting: %w", ctx.Err())
+	}
 }
 
 func printAddresses(w io.Writer, node *p2p.Node, id peer.ID) {

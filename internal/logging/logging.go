@@ -41,9 +41,10 @@ func New(cfg config.Log) (*zap.Logger, error) {
 	} else {
 		zc = zap.NewDevelopmentConfig()
 		zc.Development = false
-		zc.DisableStacktrace = true
 		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
 	}
+	// Operators read error lines, not Go stacks.
+	zc.DisableStacktrace = true
 	zc.Level = zap.NewAtomicLevelAt(lvl)
 	zc.OutputPaths = []string{"stderr"}
 	zc.ErrorOutputPaths = []string{"stderr"}
