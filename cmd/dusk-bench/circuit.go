@@ -279,10 +279,12 @@ func reservationRate(ctx context.Context, d *bench.Daemon, peers int, dur time.D
 		go func() {
 			defer wg.Done()
 			for rctx.Err() == nil {
-				if _, err := client.Reserve(rctx, h, d.Info); err != nil {
-					if rctx.Err() == nil {
-						firstErr.CompareAndSwap(nil, err)
-					}
+				// Own deadline per request (see steadyRegister).
+				octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+				_, err := client.Reserve(octx, h, d.Info)
+				ocancel()
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
 					return
 				}
 				n.Add(1)

@@ -61,8 +61,8 @@ func runRendezvous(ctx context.Context, env *runEnv, args []string) error {
 	env.printf("  Steady register = %d connected peers re-registering (replace) in a loop for %v.\n\n", *regPeers, *regDuration)
 
 	rss0, _ := bench.RSS(d.PID)
-	t := bench.NewTable("registrations", "fill regs/s (new conn each)", "pages/scan", "page p50 ms", "page p99 ms", "full scan ms", "scan vs first checkpoint", "daemon RSS MiB")
-	var firstScan float64
+	t := bench.NewTable("registrations", "fill regs/s (new conn each)", "pages/scan", "page p50 ms", "page p99 ms", "page p50 vs first checkpoint", "full scan ms", "regs discovered/s", "daemon RSS MiB")
+	var firstPage float64
 	have := 0
 	for _, cp := range cps {
 		if cp <= have {
@@ -90,11 +90,12 @@ func runRendezvous(ctx context.Context, env *runEnv, args []string) error {
 			pagesPerScan = np
 		}
 		scan := bench.Median(scans)
-		if firstScan == 0 {
-			firstScan = scan
+		if firstPage == 0 {
+			firstPage = pages.Q(0.5)
 		}
 		rss, _ := bench.RSS(d.PID)
-		t.Row(have, rate, pagesPerScan, pages.Q(0.5), pages.Q(0.99), scan, bench.Ratio(scan, firstScan), float64(rss)/(1<<20))
+		t.Row(have, rate, pagesPerScan, pages.Q(0.5), pages.Q(0.99), bench.Ratio(pages.Q(0.5), firstPage), scan,
+			float64(have)/(scan/1000), float64(rss)/(1<<20))
 	}
 	t.Print(env.out, env.c.md)
 	rss, _ := bench.RSS(d.PID)
@@ -246,10 +247,13 @@ func steadyRegister(ctx context.Context, d *bench.Daemon, ns string, peers int, 
 		go func() {
 			defer wg.Done()
 			for rctx.Err() == nil {
-				if err := register(rctx, c, ns); err != nil {
-					if rctx.Err() == nil {
-						firstErr.CompareAndSwap(nil, err)
-					}
+				// Each request gets its own deadline: one tied to the end of
+				// the loop would fail the request in flight at that moment.
+				octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+				err := register(octx, c, ns)
+				ocancel()
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
 					return
 				}
 				n.Add(1)
