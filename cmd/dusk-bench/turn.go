@@ -76,6 +76,9 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 		d, err := env.startDaemon(ctx, "ours", map[string]string{
 			"DUSK_TURN_UDP_THREADS":     strconv.Itoa(*threads),
 			"DUSK_TURN_MAX_ALLOCATIONS": "100000",
+			// Every generator socket is on 127.0.0.1: lift the per-IP quota
+			// (ignored by builds that predate it).
+			"DUSK_TURN_MAX_PER_IP": "100000",
 		}, secret)
 		if err != nil {
 			return err
