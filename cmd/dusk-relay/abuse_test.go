@@ -717,11 +717,12 @@ func fetchCreds(t *testing.T, d *daemon) turncreds.Response {
 }
 
 // TestAbuseTURNFloods: allocation floods by one peer (per-peer quota),
-// by many identities from one address (global quota and port range), and
+// by many identities from one address (per-IP quota, below the global one), and
 // a flood of requests with bad credentials (401 each, nothing kept). After
 // each, a new peer allocates.
 func TestAbuseTURNFloods(t *testing.T) {
-	env := append(testEnv(t.TempDir()), "DUSK_TURN_MAX_PER_USER=5", "DUSK_TURN_MAX_ALLOCATIONS=40")
+	// Per-IP cap 20 below the global 40: one address cannot take them all.
+	env := append(testEnv(t.TempDir()), "DUSK_TURN_MAX_PER_USER=5", "DUSK_TURN_MAX_PER_IP=20", "DUSK_TURN_MAX_ALLOCATIONS=40")
 	d := startDaemon(t, env)
 	udpAddr, _ := turnAddrs(t, d)
 	secret, err := os.ReadFile(d.dataDir() + "/" + turnauth.SecretFile)
@@ -786,16 +787,14 @@ func TestAbuseTURNFloods(t *testing.T) {
 			codes[turnCode(dialTURN(t, udpAddr, u, p).allocate())]++
 		}
 	}
-	t.Logf("allocation flood by 12 identities from 127.0.0.1 (60 attempts, global cap 40): %v", codes)
+	t.Logf("allocation flood by 12 identities from 127.0.0.1 (60 attempts, per-IP cap 20, global cap 40): %v", codes)
 	mem.report(t, d, "TURN allocation flood (many identities)")
-	// KNOWN GAP (reported): allocations are capped per peer ID and in
-	// total, not per source address, so one address with many identities
-	// takes the whole global quota and everyone else gets 486. With a
-	// per-address cap below the global one this allocation succeeds.
+	// 127.0.0.1 still holds the 5 allocations of stage 1, so 15 more fit.
+	if codes[0] != 15 || codes[486] != 45 {
+		t.Errorf("per-IP quota: %v, want 15 allocated and 45 × 486", codes)
+	}
 	if err := validAllocate("many-identity flood"); err != nil {
-		t.Logf("KNOWN GAP: after a many-identity flood from one address, a peer from another address gets code %d (%v)", turnCode(err), err)
-	} else {
-		t.Logf("after a many-identity flood from one address, a peer from another address allocates")
+		t.Fatalf("after a many-identity flood from 127.0.0.1, a peer from 127.0.0.2 cannot allocate: code %d (%v)", turnCode(err), err)
 	}
 
 	// 3. 401 flood: 3000 Allocate requests with wrong credentials from one socket.

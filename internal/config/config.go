@@ -94,6 +94,7 @@ type TURN struct {
 	PortRangeEnd   uint16        `envconfig:"DUSK_TURN_PORT_RANGE_END" default:"65535" desc:"last relay port (>= start)"`
 	MaxAllocations int           `envconfig:"DUSK_TURN_MAX_ALLOCATIONS" default:"1000" desc:"max TURN allocations in total"`
 	MaxPerUser     int           `envconfig:"DUSK_TURN_MAX_PER_USER" default:"10" desc:"max TURN allocations per peer ID"`
+	MaxPerIP       int           `envconfig:"DUSK_TURN_MAX_PER_IP" default:"100" desc:"max TURN allocations per client IP (/32 IPv4, /64 IPv6)"`
 	CredentialTTL  time.Duration `envconfig:"DUSK_TURN_CREDENTIAL_TTL" default:"24h" desc:"lifetime of issued TURN credentials"`
 	AllowPeers     PrefixList    `envconfig:"DUSK_TURN_ALLOW_PEERS" desc:"comma list of CIDRs TURN may relay to despite the built-in deny list"`
 	DenyPeers      PrefixList    `envconfig:"DUSK_TURN_DENY_PEERS" desc:"comma list of extra CIDRs TURN must not relay to"`
@@ -200,6 +201,7 @@ func (c *Config) Validate() error {
 		"DUSK_RENDEZVOUS_MAX_DISCOVER":         c.MaxDiscover,
 		"DUSK_TURN_MAX_ALLOCATIONS":            c.MaxAllocations,
 		"DUSK_TURN_MAX_PER_USER":               c.MaxPerUser,
+		"DUSK_TURN_MAX_PER_IP":                 c.MaxPerIP,
 		"DUSK_TURN_UDP_THREADS":                c.UDPThreads,
 		"DUSK_DIRECTORY_REGISTER_PER_MINUTE":   c.DirectoryRegisterPerMinute,
 	} {

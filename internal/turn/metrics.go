@@ -25,6 +25,7 @@ var reasonNames = [numReasons]string{"malformed", "expired", "future", "integrit
 type counters struct {
 	allocsCreated   atomic.Uint64
 	quotaPeer       atomic.Uint64
+	quotaIP         atomic.Uint64
 	quotaGlobal     atomic.Uint64
 	authFailures    [numReasons]atomic.Uint64
 	permsCreated    atomic.Uint64
@@ -41,6 +42,7 @@ type counters struct {
 type Stats struct {
 	Allocations, AllocationsTotal         uint64
 	QuotaRejectedPeer, QuotaRejectedTotal uint64
+	QuotaRejectedIP                       uint64
 	AuthFailures                          map[string]uint64
 	Permissions, PermissionsDenied        uint64
 	BytesToPeer, BytesFromPeer            uint64
@@ -61,7 +63,7 @@ func newCollector(s *Server) *collector {
 	return &collector{s: s, descs: map[string]*prometheus.Desc{
 		"allocations":       d("allocations", "TURN allocations currently active."),
 		"allocations_total": d("allocations_total", "TURN allocations created."),
-		"quota":             d("allocation_quota_rejections_total", "Allocate requests refused with 486 (per-peer or global quota).", "scope"),
+		"quota":             d("allocation_quota_rejections_total", "Allocate requests refused with 486 (per-peer, per-IP or global quota).", "scope"),
 		"auth":              d("auth_failures_total", "TURN requests refused with 401 (bad REST credentials).", "reason"),
 		"perms":             d("permissions_total", "TURN permissions created."),
 		"perms_denied":      d("permission_denials_total", "CreatePermission/ChannelBind refused by the peer filter."),
@@ -87,6 +89,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m("allocations", prometheus.GaugeValue, st.Allocations)
 	m("allocations_total", prometheus.CounterValue, st.AllocationsTotal)
 	m("quota", prometheus.CounterValue, st.QuotaRejectedPeer, "peer")
+	m("quota", prometheus.CounterValue, st.QuotaRejectedIP, "ip")
 	m("quota", prometheus.CounterValue, st.QuotaRejectedTotal, "global")
 	for _, r := range reasonNames {
 		m("auth", prometheus.CounterValue, st.AuthFailures[r], r)

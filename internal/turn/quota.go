@@ -2,6 +2,7 @@ package turn
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -13,8 +14,9 @@ import (
 const pendingTTL = 5 * time.Second
 
 // quota counts allocations per peer ID (the part of the REST username after
-// ':', so one peer holding several credentials shares one quota) and in
-// total. pion only offers a yes/no QuotaHandler before creating an
+// ':', so one peer holding several credentials shares one quota), per
+// client address prefix (identities are free, so without it one address
+// minting peer IDs could take the whole global quota) and in total. pion only offers a yes/no QuotaHandler before creating an
 // allocation and lifecycle events after, so a slot is reserved in the
 // handler (making concurrent Allocates on several UDP sockets race-free)
 // and then confirmed by OnAllocationCreated, released by
@@ -22,27 +24,34 @@ const pendingTTL = 5 * time.Second
 type quota struct {
 	mu       sync.Mutex
 	maxPeer  int
+	maxIP    int // 0: no per-address limit
 	maxTotal int
 	now      func() time.Time
 
-	total   int            // live + pending
-	live    int            // allocations pion reported created and not deleted
-	perPeer map[string]int // live + pending, per peer ID
+	total   int                  // live + pending
+	live    int                  // allocations pion reported created and not deleted
+	perPeer map[string]int       // live + pending, per peer ID
+	perIP   map[netip.Prefix]int // live + pending, per client address prefix (ipKey)
 	pending map[string][]pendingSlot
 	byAddr  map[string][]string // client transport address -> peer IDs of its live allocations
 }
 
 type pendingSlot struct {
 	peer     string
+	ip       netip.Prefix
 	deadline time.Time
 }
 
-func newQuota(maxPeer, maxTotal int) *quota {
+// newQuota: maxIP 0 disables the per-address limit (config requires >= 1;
+// 0 is for callers that build config.TURN by hand, e.g. benchmarks).
+func newQuota(maxPeer, maxIP, maxTotal int) *quota {
 	return &quota{
 		maxPeer:  maxPeer,
+		maxIP:    maxIP,
 		maxTotal: maxTotal,
 		now:      time.Now,
 		perPeer:  map[string]int{},
+		perIP:    map[netip.Prefix]int{},
 		pending:  map[string][]pendingSlot{},
 		byAddr:   map[string][]string{},
 	}
@@ -56,46 +65,84 @@ func addrKey(a net.Addr) string {
 	return a.Network() + "/" + a.String()
 }
 
+// ipKey is the client address prefix an allocation counts against: /32
+// for IPv4 (IPv4-mapped IPv6 included), /64 for IPv6, since one IPv6
+// host usually holds a whole /64. An address that cannot be parsed (pion
+// always passes *net.UDPAddr or *net.TCPAddr) maps to the zero Prefix,
+// one shared bucket.
+func ipKey(a net.Addr) netip.Prefix {
+	var ip netip.Addr
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(v.IP)
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(v.IP)
+	case nil:
+	default:
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			ip = ap.Addr()
+		}
+	}
+	ip = ip.Unmap().WithZone("")
+	bits := 64
+	if ip.Is4() {
+		bits = 32
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
+}
+
 type quotaScope uint8
 
 const (
 	quotaOK quotaScope = iota
 	quotaPeerFull
+	quotaIPFull
 	quotaGlobalFull
 )
 
-// reserve takes a slot for peer's allocation from client address key.
-func (q *quota) reserve(peer, key string) quotaScope {
+// reserve takes a slot for peer's allocation from client address key
+// (addrKey) within address prefix ip (ipKey).
+func (q *quota) reserve(peer, key string, ip netip.Prefix) quotaScope {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.reclaimLocked()
 	if q.perPeer[peer] >= q.maxPeer {
 		return quotaPeerFull
 	}
+	if q.maxIP > 0 && q.perIP[ip] >= q.maxIP {
+		return quotaIPFull
+	}
 	if q.total >= q.maxTotal {
 		return quotaGlobalFull
 	}
 	q.total++
 	q.perPeer[peer]++
-	q.pending[key] = append(q.pending[key], pendingSlot{peer: peer, deadline: q.now().Add(pendingTTL)})
+	q.perIP[ip]++
+	q.pending[key] = append(q.pending[key], pendingSlot{peer: peer, ip: ip, deadline: q.now().Add(pendingTTL)})
 	return quotaOK
 }
 
 // created turns the pending slot into a live allocation. Without a pending
 // slot (reclaimed by the TTL) the allocation is still counted: it exists.
-func (q *quota) created(peer, key string) {
+func (q *quota) created(peer, key string, ip netip.Prefix) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if !q.takePendingLocked(peer, key) {
 		q.total++
 		q.perPeer[peer]++
+		q.perIP[ip]++
 	}
 	q.live++
 	q.byAddr[key] = append(q.byAddr[key], peer)
 }
 
-// deleted releases a live allocation's slot.
-func (q *quota) deleted(peer, key string) {
+// deleted releases a live allocation's slot; key and ip come from the same
+// client address as at creation.
+func (q *quota) deleted(peer, key string, ip netip.Prefix) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	peers := q.byAddr[key]
@@ -110,7 +157,7 @@ func (q *quota) deleted(peer, key string) {
 			q.byAddr[key] = peers
 		}
 		q.live--
-		q.releaseLocked(peer)
+		q.releaseLocked(peer, ip)
 		return
 	}
 }
@@ -122,7 +169,7 @@ func (q *quota) failed(key string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, p := range q.pending[key] {
-		q.releaseLocked(p.peer)
+		q.releaseLocked(p.peer, p.ip)
 	}
 	delete(q.pending, key)
 }
@@ -144,10 +191,13 @@ func (q *quota) takePendingLocked(peer, key string) bool {
 	return false
 }
 
-func (q *quota) releaseLocked(peer string) {
+func (q *quota) releaseLocked(peer string, ip netip.Prefix) {
 	q.total--
 	if q.perPeer[peer]--; q.perPeer[peer] <= 0 {
 		delete(q.perPeer, peer)
+	}
+	if q.perIP[ip]--; q.perIP[ip] <= 0 {
+		delete(q.perIP, ip)
 	}
 }
 
@@ -160,7 +210,7 @@ func (q *quota) reclaimLocked() {
 		kept := slots[:0]
 		for _, p := range slots {
 			if now.After(p.deadline) {
-				q.releaseLocked(p.peer)
+				q.releaseLocked(p.peer, p.ip)
 			} else {
 				kept = append(kept, p)
 			}
@@ -187,6 +237,7 @@ func (q *quota) reset() {
 	defer q.mu.Unlock()
 	q.total, q.live = 0, 0
 	q.perPeer = map[string]int{}
+	q.perIP = map[netip.Prefix]int{}
 	q.pending = map[string][]pendingSlot{}
 	q.byAddr = map[string][]string{}
 }

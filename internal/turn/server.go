@@ -1,8 +1,8 @@
 // Package turn runs the TURN/STUN server (github.com/pion/turn/v4) inside
 // the daemon: UDP on several SO_REUSEPORT sockets and TCP on the TURN port,
 // UDP relays in the configured port range, TURN REST credentials
-// (turnauth) answered with a proper 401 on failure, per-peer and global
-// allocation quotas (486), and a peer filter that keeps relays out of
+// (turnauth) answered with a proper 401 on failure, per-peer, per-client-IP
+// and global allocation quotas (486), and a peer filter that keeps relays out of
 // loopback, private and other special address space.
 package turn
 
@@ -90,8 +90,9 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 	if cfg.PortRangeStart == 0 || cfg.PortRangeEnd < cfg.PortRangeStart {
 		return nil, fmt.Errorf("TURN: bad relay port range %d-%d", cfg.PortRangeStart, cfg.PortRangeEnd)
 	}
-	if cfg.MaxAllocations < 1 || cfg.MaxPerUser < 1 {
-		return nil, fmt.Errorf("TURN: allocation quotas must be >= 1 (got %d total, %d per peer)", cfg.MaxAllocations, cfg.MaxPerUser)
+	if cfg.MaxAllocations < 1 || cfg.MaxPerUser < 1 || cfg.MaxPerIP < 0 {
+		return nil, fmt.Errorf("TURN: allocation quotas must be >= 1 (got %d total, %d per peer, %d per IP)",
+			cfg.MaxAllocations, cfg.MaxPerUser, cfg.MaxPerIP)
 	}
 	if cfg.CredentialTTL < time.Second {
 		return nil, fmt.Errorf("TURN: credential TTL %v < 1s", cfg.CredentialTTL)
@@ -106,7 +107,7 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		secret:  secret,
 		log:     log,
 		filter:  NewPeerFilter(cfg.AllowPeers, cfg.DenyPeers, hostAddrs(cfg.PublicIP, cfg.ListenIP)),
-		quota:   newQuota(cfg.MaxPerUser, cfg.MaxAllocations),
+		quota:   newQuota(cfg.MaxPerUser, cfg.MaxPerIP, cfg.MaxAllocations),
 		relays:  newRelaySet(),
 		authLog: newLimiter(time.Second),
 		permLog: newLimiter(time.Second),
@@ -172,6 +173,7 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		zap.String("relay_ports", fmt.Sprintf("%d-%d", cfg.PortRangeStart, cfg.PortRangeEnd)),
 		zap.String("realm", cfg.Realm),
 		zap.Int("max_allocations", cfg.MaxAllocations), zap.Int("max_per_peer", cfg.MaxPerUser),
+		zap.Int("max_per_ip", cfg.MaxPerIP),
 		zap.Int("deny_peers", len(cfg.DenyPeers)))
 	if len(cfg.AllowPeers) > 0 {
 		allowed := make([]string, len(cfg.AllowPeers))
@@ -325,6 +327,7 @@ func (s *Server) Stats() Stats {
 		Allocations:        uint64(live),
 		AllocationsTotal:   s.ctr.allocsCreated.Load(),
 		QuotaRejectedPeer:  s.ctr.quotaPeer.Load(),
+		QuotaRejectedIP:    s.ctr.quotaIP.Load(),
 		QuotaRejectedTotal: s.ctr.quotaGlobal.Load(),
 		AuthFailures:       make(map[string]uint64, numReasons),
 		Permissions:        s.ctr.permsCreated.Load(),
@@ -364,13 +367,17 @@ func peerOf(username string) string {
 
 // admitAllocation is pion's QuotaHandler (false -> 486).
 func (s *Server) admitAllocation(username, _ string, src net.Addr) bool {
-	switch s.quota.reserve(peerOf(username), addrKey(src)) {
+	switch s.quota.reserve(peerOf(username), addrKey(src), ipKey(src)) {
 	case quotaOK:
 		return true
 	case quotaPeerFull:
 		s.ctr.quotaPeer.Add(1)
 		s.log.Debug("TURN allocation refused: per-peer quota", zap.String("peer", peerOf(username)),
 			zap.Int("max", s.cfg.MaxPerUser))
+	case quotaIPFull:
+		s.ctr.quotaIP.Add(1)
+		s.log.Debug("TURN allocation refused: per-IP quota", zap.Stringer("client", src),
+			zap.Int("max", s.cfg.MaxPerIP))
 	default:
 		s.ctr.quotaGlobal.Add(1)
 		s.log.Debug("TURN allocation refused: global quota", zap.Int("max", s.cfg.MaxAllocations))
@@ -379,14 +386,14 @@ func (s *Server) admitAllocation(username, _ string, src net.Addr) bool {
 }
 
 func (s *Server) onAllocationCreated(src, _ net.Addr, _, username, _ string, relay net.Addr, _ int) {
-	s.quota.created(peerOf(username), addrKey(src))
+	s.quota.created(peerOf(username), addrKey(src), ipKey(src))
 	s.ctr.allocsCreated.Add(1)
 	s.log.Debug("TURN allocation created", zap.String("peer", peerOf(username)),
 		zap.Stringer("client", src), zap.Stringer("relay", relay))
 }
 
 func (s *Server) onAllocationDeleted(src, _ net.Addr, _, username, _ string) {
-	s.quota.deleted(peerOf(username), addrKey(src))
+	s.quota.deleted(peerOf(username), addrKey(src), ipKey(src))
 	s.log.Debug("TURN allocation deleted", zap.String("peer", peerOf(username)), zap.Stringer("client", src))
 }
 

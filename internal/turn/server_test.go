@@ -485,24 +485,28 @@ func freeUDPPortInRange(t *testing.T, lo, hi uint16) uint16 {
 }
 
 func TestQuotaReservationExpires(t *testing.T) {
-	q := newQuota(1, 10)
+	q := newQuota(1, 10, 10)
 	now := time.Unix(1000, 0)
 	q.now = func() time.Time { return now }
-	if q.reserve("p", "udp/1.2.3.4:5") != quotaOK {
+	ip := netip.MustParsePrefix("1.2.3.4/32")
+	if q.reserve("p", "udp/1.2.3.4:5", ip) != quotaOK {
 		t.Fatal("first reservation refused")
 	}
-	if q.reserve("p", "udp/1.2.3.4:6") != quotaPeerFull {
+	if q.reserve("p", "udp/1.2.3.4:6", ip) != quotaPeerFull {
 		t.Fatal("second reservation accepted")
 	}
 	now = now.Add(pendingTTL + time.Second)
-	if q.reserve("p", "udp/1.2.3.4:6") != quotaOK {
+	if q.reserve("p", "udp/1.2.3.4:6", ip) != quotaOK {
 		t.Fatal("expired reservation not reclaimed")
 	}
-	q.created("p", "udp/1.2.3.4:6")
-	q.deleted("p", "udp/1.2.3.4:6")
-	q.deleted("p", "udp/1.2.3.4:6") // duplicate event: no effect
+	q.created("p", "udp/1.2.3.4:6", ip)
+	q.deleted("p", "udp/1.2.3.4:6", ip)
+	q.deleted("p", "udp/1.2.3.4:6", ip) // duplicate event: no effect
 	if live, total, peers := q.snapshot(); live != 0 || total != 0 || peers != 0 {
 		t.Fatalf("after delete: live %d total %d peers %d", live, total, peers)
+	}
+	if n := q.ipCount(ip); n != 0 {
+		t.Fatalf("after delete: %d slots held by %v", n, ip)
 	}
 }
 
@@ -577,11 +581,12 @@ func TestListenAllInterfaces(t *testing.T) {
 
 func TestBadConfigRefused(t *testing.T) {
 	for name, mut := range map[string]func(*config.TURN){
-		"ipv6 public ip": func(c *config.TURN) { c.PublicIP = "2001:db8::1" },
-		"bad listen ip":  func(c *config.TURN) { c.ListenIP = "nope" },
-		"v6 listen ip":   func(c *config.TURN) { c.ListenIP = "::1" },
-		"zero quota":     func(c *config.TURN) { c.MaxPerUser = 0 },
-		"inverted range": func(c *config.TURN) { c.PortRangeStart, c.PortRangeEnd = 30000, 29999 },
+		"ipv6 public ip":    func(c *config.TURN) { c.PublicIP = "2001:db8::1" },
+		"bad listen ip":     func(c *config.TURN) { c.ListenIP = "nope" },
+		"v6 listen ip":      func(c *config.TURN) { c.ListenIP = "::1" },
+		"zero quota":        func(c *config.TURN) { c.MaxPerUser = 0 },
+		"negative ip quota": func(c *config.TURN) { c.MaxPerIP = -1 },
+		"inverted range":    func(c *config.TURN) { c.PortRangeStart, c.PortRangeEnd = 30000, 29999 },
 	} {
 		cfg := testConfig()
 		mut(&cfg)
