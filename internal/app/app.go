@@ -153,6 +153,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	onStop("federation", closer(fed.Close))
 
 	rdv := rendezvous.New(cfg.Rendezvous, log.Named("rendezvous"), reg,
+		rendezvous.WithMaxBytes(int(cfg.Rendezvous.MaxBytes)),
 		rendezvous.WithOnRegister(func(p peer.ID, ns string, ttl time.Duration) {
 			fed.Publish(p, ns, ttl)
 		}))

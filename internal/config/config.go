@@ -78,6 +78,7 @@ type Rendezvous struct {
 	MinTTL      time.Duration `envconfig:"DUSK_RENDEZVOUS_MIN_TTL" default:"2h" desc:"rendezvous: min registration TTL"`
 	MaxTTL      time.Duration `envconfig:"DUSK_RENDEZVOUS_MAX_TTL" default:"72h" desc:"rendezvous: max registration TTL"`
 	MaxDiscover int           `envconfig:"DUSK_RENDEZVOUS_MAX_DISCOVER" default:"1000" desc:"rendezvous: max registrations per discover response"`
+	MaxBytes    int64         `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES" default:"134217728" desc:"rendezvous: memory budget for live registrations in bytes (new registrations beyond it get E_UNAVAILABLE)"`
 }
 
 // TURN configures the in-process TURN/STUN server and the credentials it accepts.
@@ -208,6 +209,9 @@ func (c *Config) Validate() error {
 		if v < 1 {
 			return bad(name, fmt.Sprint(v), "must be >= 1")
 		}
+	}
+	if c.Rendezvous.MaxBytes < 1<<20 {
+		return bad("DUSK_RENDEZVOUS_MAX_BYTES", fmt.Sprint(c.Rendezvous.MaxBytes), "must be >= 1048576")
 	}
 	if c.CircuitDuration < 0 {
 		return bad("DUSK_RELAY_CIRCUIT_DURATION", c.CircuitDuration.String(), "must not be negative")

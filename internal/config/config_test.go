@@ -45,6 +45,8 @@ func TestDefaults(t *testing.T) {
 		{"MinTTL", c.MinTTL, 2 * time.Hour},
 		{"MaxTTL", c.MaxTTL, 72 * time.Hour},
 		{"MaxDiscover", c.MaxDiscover, 1000},
+		{"Rendezvous.MaxBytes", c.Rendezvous.MaxBytes, int64(128 << 20)},
+		{"MaxPerIP", c.MaxPerIP, 100},
 		{"TURN.Enabled", bool(c.TURN.Enabled), true},
 		{"UDPPort", c.UDPPort, uint16(3478)},
 		{"TCPPort", c.TCPPort, uint16(3478)},
