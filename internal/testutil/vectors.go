@@ -1,11 +1,29 @@
 package testutil
 
 import (
+	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
 )
+
+// vectorsCopy is a copy of shared/wire-vectors/vectors.json so the golden
+// tests also run in a checkout without shared/ beside it.
+//
+//go:embed testdata/vectors.json
+var vectorsCopy []byte
+
+// VectorsJSON returns shared/wire-vectors/vectors.json when CI lays shared/
+// beside the clone, else the copy kept in testdata.
+func VectorsJSON() []byte {
+	if root := repoRoot(); root != "" {
+		if raw, err := os.ReadFile(filepath.Join(root, VectorsPath)); err == nil {
+			return raw
+		}
+	}
+	return vectorsCopy
+}
 
 // VectorsPath is where the golden CBOR vectors live relative to the
 // repository root: CI checks out shared/ beside the clone.
@@ -13,17 +31,9 @@ const VectorsPath = "../shared/wire-vectors/vectors.json"
 
 // WireVectors returns the bytes of every golden vector (vectors[].hex) and
 // hand-built decode check (decode_checks[].input_hex) whose Rust type is one
-// of rustTypes. It returns nil when the file is absent, so fuzz targets keep
-// their built-in seeds in a clone without shared/.
+// of rustTypes.
 func WireVectors(rustTypes ...string) [][]byte {
-	root := repoRoot()
-	if root == "" {
-		return nil
-	}
-	raw, err := os.ReadFile(filepath.Join(root, VectorsPath))
-	if err != nil {
-		return nil
-	}
+	raw := VectorsJSON()
 	var doc struct {
 		Vectors []struct {
 			RustType string `json:"rust_type"`

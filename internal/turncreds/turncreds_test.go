@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,10 +37,7 @@ type vector struct {
 
 func vectors(t *testing.T) map[string][]byte {
 	t.Helper()
-	b, err := os.ReadFile("/work/shared/wire-vectors/vectors.json")
-	if err != nil {
-		t.Skipf("wire vectors not available: %v", err)
-	}
+	b := dtestutil.VectorsJSON()
 	var doc struct {
 		Vectors []vector `json:"vectors"`
 	}
