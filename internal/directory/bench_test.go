@@ -29,8 +29,8 @@ import (
 //   - search_index_after_writes: search_index again, before the background
 //     compaction has merged the segments those registrations added;
 //   - compact_after_writes: what that compaction costs;
-//   - search_index_at_compaction_threshold: search_index with the write
-//     count at which the background task compacts (200) not yet merged.
+//   - search_index_200_writes_after_compaction: search_index with 200
+//     registrations since the last merge.
 //
 // Run: go test ./internal/directory -run '^$' -bench Directory1M -benchtime 2000x -timeout 60m -v
 func BenchmarkDirectory1M(b *testing.B) {
@@ -48,7 +48,7 @@ func BenchmarkDirectory1M(b *testing.B) {
 	path := filepath.Join(b.TempDir(), FileName)
 	// Background compaction off: each phase below is measured in a
 	// known index state (Compact is called explicitly).
-	manual := compaction{tick: 24 * time.Hour, maxGap: 24 * time.Hour, writes: 1 << 62}
+	manual := compaction{tick: 24 * time.Hour, minGap: 24 * time.Hour}
 	s, err := openWith(path, zap.NewNop(), manual)
 	if err != nil {
 		b.Fatal(err)
@@ -234,15 +234,14 @@ func BenchmarkDirectory1M(b *testing.B) {
 			b.ReportMetric(m.v, m.unit)
 		}
 	})
-	// The usual worst case the background task leaves: its write threshold
-	// reached, compaction not yet run.
+	// A typical state between two background merges: 200 writes since.
 	r = rand.New(rand.NewPCG(5, 5))
-	for i := int64(0); i < defaultCompaction.writes; i++ {
+	for i := 0; i < 200; i++ {
 		if err := s.Register(ctx, fmt.Sprintf("threshold-%d", i), genName(r), "", time.Now()); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.Run("search_index_at_compaction_threshold", searchBench)
+	b.Run("search_index_200_writes_after_compaction", searchBench)
 }
 
 type metric struct {

@@ -81,16 +81,23 @@ func Open(path string, log *zap.Logger) (*Store, error) {
 // compaction says when the background task merges the search index into
 // one segment. Every write commits a small FTS5 segment; FTS5's automerge
 // keeps them in levels, but a search probes every segment: at 1M profiles
-// 2,000 writes after a merge took search p99 from ~4 to ~10 ms. A full
-// merge rewrites the index (~40 MB, ~2.5 s at 1M profiles) in short steps
-// that release the write lock, so the task runs once `writes` have
-// accumulated (at most every minGap), or after maxGap if anything changed.
+// a few hundred writes after a merge double the CPU time of a search. A
+// full merge rewrites the index (~40 MB, ~3 s at 1M profiles, ms for a
+// small directory) in short steps that release the write lock. The task
+// runs when anything was written and at least max(minGap, costFactor x
+// the last merge's duration) has passed, so merging never takes more than
+// 1/costFactor of one core.
 type compaction struct {
-	tick, minGap, maxGap time.Duration
-	writes               int64
+	tick, minGap time.Duration
+	costFactor   int64
 }
 
-var defaultCompaction = compaction{tick: 10 * time.Second, minGap: time.Minute, maxGap: 10 * time.Minute, writes: 200}
+var defaultCompaction = compaction{tick: 5 * time.Second, minGap: time.Minute, costFactor: 20}
+
+// due reports whether a merge should run now.
+func (cp compaction) due(writes int64, since, lastCost time.Duration) bool {
+	return writes > 0 && since >= max(cp.minGap, time.Duration(cp.costFactor)*lastCost)
+}
 
 func openWith(path string, log *zap.Logger, cp compaction) (*Store, error) {
 	if log == nil {
@@ -147,20 +154,21 @@ func (s *Store) compactLoop(ctx context.Context, cp compaction) {
 	defer s.wg.Done()
 	t := time.NewTicker(cp.tick)
 	defer t.Stop()
-	last := time.Now()
+	last, lastCost := time.Now(), time.Duration(0)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		n, since := s.writes.Load(), time.Since(last)
-		if n == 0 || since < cp.minGap || (n < cp.writes && since < cp.maxGap) {
+		n := s.writes.Load()
+		if !cp.due(n, time.Since(last), lastCost) {
 			continue
 		}
 		s.writes.Add(-n)
 		last = time.Now()
 		steps, err := s.Compact(ctx)
+		lastCost = time.Since(last)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return
@@ -169,7 +177,7 @@ func (s *Store) compactLoop(ctx context.Context, cp compaction) {
 		default:
 			s.compactions.Add(1)
 			s.log.Debug("directory: index compacted", zap.Int64("writes", n), zap.Int("steps", steps),
-				zap.Duration("took", time.Since(last)))
+				zap.Duration("took", lastCost))
 		}
 	}
 }
@@ -188,16 +196,26 @@ func (s *Store) Compact(ctx context.Context) (int, error) {
 	// Bounded: concurrent writes keep adding segments, but each step
 	// merges far more than a registration adds.
 	const maxSteps = 10_000
-	for steps := 0; steps < maxSteps; steps++ {
+	steps := 0
+	for ; steps < maxSteps; steps++ {
 		done, err := s.compactStep(ctx)
 		if err != nil {
 			return steps, s.classify("compact", err)
 		}
 		if done {
-			return steps, nil
+			break
 		}
 	}
-	return maxSteps, nil
+	if steps > 0 {
+		// The merge went through the WAL (the whole index at 1M profiles):
+		// fold it into the main file and truncate it, so readers stop
+		// searching a long WAL for every page they read.
+		var busy, logFrames, checkpointed int
+		if err := s.w.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &logFrames, &checkpointed); err != nil {
+			return steps, s.classify("checkpoint", err)
+		}
+	}
+	return steps, nil
 }
 
 // compactStep runs one incremental full merge ('merge' with a negative

@@ -235,7 +235,7 @@ func TestSearchOrderingAndLimit(t *testing.T) {
 
 func TestCompaction(t *testing.T) {
 	s, err := openWith(filepath.Join(t.TempDir(), FileName), zap.NewNop(),
-		compaction{tick: 10 * time.Millisecond, minGap: 10 * time.Millisecond, maxGap: time.Hour, writes: 25})
+		compaction{tick: 10 * time.Millisecond, minGap: 10 * time.Millisecond, costFactor: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +243,8 @@ func TestCompaction(t *testing.T) {
 	for i := 0; i < 30; i++ { // each commit adds an FTS segment
 		mustRegister(t, s, fmt.Sprint("p", i), fmt.Sprint("name ", i), "", 1_700_000_000+int64(i))
 	}
-	// 30 writes > 25: the background loop merges; afterwards a merge is
-	// a no-op, i.e. the index is one segment.
+	// The background loop merges after writes; afterwards a merge is a
+	// no-op, i.e. the index is one segment.
 	deadline := time.Now().Add(20 * time.Second)
 	for s.compactions.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -268,29 +268,32 @@ func TestCompaction(t *testing.T) {
 }
 
 func TestCompactionSchedule(t *testing.T) {
-	// Below the write threshold: nothing until maxGap has passed.
+	cp := compaction{minGap: time.Minute, costFactor: 20}
+	for _, tc := range []struct {
+		writes          int64
+		since, lastCost time.Duration
+		want            bool
+	}{
+		{0, time.Hour, 0, false},                   // nothing written
+		{1, 59 * time.Second, 0, false},            // too soon
+		{1, time.Minute, 0, true},                  // minGap passed
+		{500, time.Minute, time.Millisecond, true}, // cheap merges: every minGap
+		{500, time.Minute, 4 * time.Second, false}, // 3 s merges: at most 1/20 of a core
+		{500, 80 * time.Second, 4 * time.Second, true},
+	} {
+		if got := cp.due(tc.writes, tc.since, tc.lastCost); got != tc.want {
+			t.Errorf("due(%d, %v, %v) = %v", tc.writes, tc.since, tc.lastCost, got)
+		}
+	}
+	// No writes: the loop stays idle.
 	s, err := openWith(filepath.Join(t.TempDir(), FileName), zap.NewNop(),
-		compaction{tick: 5 * time.Millisecond, minGap: 5 * time.Millisecond, maxGap: 300 * time.Millisecond, writes: 1000})
+		compaction{tick: 5 * time.Millisecond, minGap: 5 * time.Millisecond, costFactor: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = s.Close() }()
-	start := time.Now()
-	mustRegister(t, s, "p1", "one", "", 1_700_000_000)
-	mustRegister(t, s, "p2", "two", "", 1_700_000_000)
-	deadline := time.Now().Add(20 * time.Second)
-	for s.compactions.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("maxGap compaction never ran")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if el := time.Since(start); el < 300*time.Millisecond {
-		t.Fatalf("compacted after %v, before maxGap with 2 writes < 1000", el)
-	}
-	// No writes since: the loop stays idle.
 	time.Sleep(50 * time.Millisecond)
-	if n := s.compactions.Load(); n != 1 {
+	if n := s.compactions.Load(); n != 0 {
 		t.Fatalf("%d compactions without writes", n)
 	}
 }
