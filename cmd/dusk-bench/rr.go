@@ -90,24 +90,26 @@ type rrConfig struct {
 	duration time.Duration
 	warmup   time.Duration
 	rounds   int
+	rate     float64 // paced phase: requests/s in total (0 = skip)
 }
 
-func (e *runEnv) rrFlags(fs *flag.FlagSet, c *rrConfig) {
+func (e *runEnv) rrFlags(fs *flag.FlagSet, c *rrConfig, rate float64) {
 	fs.IntVar(&c.peers, "c", 100, "concurrent peers (one go-libp2p host each, one request in flight each)")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "measured window per run")
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up per run")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each runs the baseline and the protocol (alternating order)")
+	fs.Float64Var(&c.rate, "rate", rate, "paced phase: offer this many requests/s in total, spread over the peers (0 = skip)")
 }
 
 func runCreds(ctx context.Context, env *runEnv, args []string) error {
 	fs := flag.NewFlagSet("creds", flag.ContinueOnError)
 	var c rrConfig
-	env.rrFlags(fs, &c)
+	env.rrFlags(fs, &c, 3000) // the target load
 	if err := env.parse(fs, args); err != nil {
 		return err
 	}
 	if env.c.quick {
-		quickDefaults(fs, map[string]string{"c": "10", "duration": "1s", "warmup": "200ms", "rounds": "1"})
+		quickDefaults(fs, map[string]string{"c": "10", "duration": "1s", "warmup": "200ms", "rounds": "1", "rate": "300"})
 	}
 	op := rrOp{name: "creds", do: func(ctx context.Context, p *rrPeer) error {
 		var resp credsResponse
@@ -125,14 +127,14 @@ func runCreds(ctx context.Context, env *runEnv, args []string) error {
 func runDirectory(ctx context.Context, env *runEnv, args []string) error {
 	fs := flag.NewFlagSet("directory", flag.ContinueOnError)
 	var c rrConfig
-	env.rrFlags(fs, &c)
+	env.rrFlags(fs, &c, 1000)
 	regPct := fs.Int("register-pct", 20, "percent of requests that are Register (the rest are Search)")
 	query := fs.String("query", "bench", "Search query (every peer registers as bench-<n>, so the default matches 20 rows)")
 	if err := env.parse(fs, args); err != nil {
 		return err
 	}
 	if env.c.quick {
-		quickDefaults(fs, map[string]string{"c": "10", "duration": "1s", "warmup": "200ms", "rounds": "1"})
+		quickDefaults(fs, map[string]string{"c": "10", "duration": "1s", "warmup": "200ms", "rounds": "1", "rate": "100"})
 	}
 	if *regPct < 0 || *regPct > 100 {
 		return fmt.Errorf("%w: -register-pct 0..100", errUsage)
@@ -265,7 +267,12 @@ func runRR(ctx context.Context, env *runEnv, args []string, c rrConfig, title st
 	env.printf("method: %d go-libp2p hosts (TCP+noise+yamux), one connection each; every request on a new stream\n", c.peers)
 	env.printf("  (write, half-close, read to EOF: the rust-libp2p cbor codec), one request in flight per peer (closed loop).\n")
 	env.printf("  baseline = new stream + one /ipfs/ping/1.0.0 round trip on the same daemon and peers.\n")
-	env.printf("  %d rounds x %v (+%v warm-up), baseline and protocol alternate; medians; CPU = daemon cores busy.\n\n", c.rounds, c.duration, c.warmup)
+	env.printf("  %d rounds x %v (+%v warm-up), baseline and protocol alternate; medians; CPU = daemon cores busy.\n", c.rounds, c.duration, c.warmup)
+	if c.rate > 0 {
+		env.printf("  paced rows: %.0f requests/s offered in total (each peer on its own fixed schedule, one request at a time);\n", c.rate)
+		env.printf("  latency counts from the scheduled start, so a late request also charges its wait (no coordinated omission).\n")
+	}
+	env.printf("\n")
 
 	type series struct{ rate, p50, p99, cpu, errs []float64 }
 	res := map[string]*series{}
@@ -276,47 +283,58 @@ func runRR(ctx context.Context, env *runEnv, args []string, c rrConfig, title st
 		return res[k]
 	}
 	var firstErr error
+	phases := []float64{0}
+	if c.rate > 0 {
+		phases = append(phases, c.rate)
+	}
 	for r := range c.rounds {
 		order := []bool{false, true}
 		if r%2 == 1 {
 			order = []bool{true, false}
 		}
-		for _, proto := range order {
-			var st rrStats
-			var err error
-			if proto {
-				st, err = rrRun(ctx, d, peers, ops, pick, c)
-			} else {
-				st, err = rrRun(ctx, d, peers, []rrOp{pingOp}, nil, c)
-			}
-			if err != nil {
-				return err
-			}
-			if st.firstEr != nil && firstErr == nil {
-				firstErr = st.firstEr
-			}
-			key := "baseline"
-			if proto {
-				key = "all"
-			}
-			s := get(key)
-			s.rate = append(s.rate, st.rate)
-			s.cpu = append(s.cpu, st.cpu)
-			s.errs = append(s.errs, float64(st.errors))
-			var all bench.Latencies
-			for name, l := range st.lat {
-				all.Merge(l)
-				if proto && len(ops) > 1 {
-					ss := get(name)
-					ss.p50 = append(ss.p50, l.Q(0.5))
-					ss.p99 = append(ss.p99, l.Q(0.99))
-					ss.rate = append(ss.rate, float64(l.N())/c.duration.Seconds())
+		for _, rate := range phases {
+			for _, proto := range order {
+				var st rrStats
+				var err error
+				cc := c
+				cc.rate = rate
+				if proto {
+					st, err = rrRun(ctx, d, peers, ops, pick, cc)
+				} else {
+					st, err = rrRun(ctx, d, peers, []rrOp{pingOp}, nil, cc)
 				}
+				if err != nil {
+					return err
+				}
+				if st.firstEr != nil && firstErr == nil {
+					firstErr = st.firstEr
+				}
+				key := "baseline"
+				if proto {
+					key = "all"
+				}
+				if rate > 0 {
+					key += "@paced"
+				}
+				s := get(key)
+				s.rate = append(s.rate, st.rate)
+				s.cpu = append(s.cpu, st.cpu)
+				s.errs = append(s.errs, float64(st.errors))
+				var all bench.Latencies
+				for name, l := range st.lat {
+					all.Merge(l)
+					if proto && len(ops) > 1 && rate == 0 {
+						ss := get(name)
+						ss.p50 = append(ss.p50, l.Q(0.5))
+						ss.p99 = append(ss.p99, l.Q(0.99))
+						ss.rate = append(ss.rate, float64(l.N())/c.duration.Seconds())
+					}
+				}
+				s.p50 = append(s.p50, all.Q(0.5))
+				s.p99 = append(s.p99, all.Q(0.99))
+				fmt.Fprintf(env.errOut, "round %d %-15s %8.0f req/s p50 %.2f ms p99 %.2f ms errors %d daemon %.2f cores, dusk-bench %.2f cores\n",
+					r+1, key, st.rate, all.Q(0.5), all.Q(0.99), st.errors, st.cpu, st.genCPU)
 			}
-			s.p50 = append(s.p50, all.Q(0.5))
-			s.p99 = append(s.p99, all.Q(0.99))
-			fmt.Fprintf(env.errOut, "round %d %-8s %8.0f req/s p50 %.2f ms p99 %.2f ms errors %d daemon %.2f cores, dusk-bench %.2f cores\n",
-				r+1, key, st.rate, all.Q(0.5), all.Q(0.99), st.errors, st.cpu, st.genCPU)
 		}
 	}
 	t := bench.NewTable("requests", "req/s", "vs baseline", "p50 ms", "p99 ms", "errors", "daemon cores")
@@ -335,7 +353,14 @@ func runRR(ctx context.Context, env *runEnv, args []string, c rrConfig, title st
 			t.Row("  "+op.name, bench.Median(s.rate), "", bench.Median(s.p50), bench.Median(s.p99), "", "")
 		}
 	}
+	if c.rate > 0 {
+		bp, ap := res["baseline@paced"], res["all@paced"]
+		t.Row(fmt.Sprintf("%s, paced %.0f/s", pingOp.name, c.rate), bench.Median(bp.rate), "", bench.Median(bp.p50), bench.Median(bp.p99), bench.Median(bp.errs), bench.Median(bp.cpu))
+		t.Row(fmt.Sprintf("%s, paced %.0f/s", name, c.rate), bench.Median(ap.rate), "", bench.Median(ap.p50), bench.Median(ap.p99), bench.Median(ap.errs), bench.Median(ap.cpu))
+	}
 	t.Print(env.out, env.c.md)
+	env.printf("\nbaseline errors are go-libp2p's per-peer ping stream limit (2 inbound) resetting a new ping stream while the\n")
+	env.printf("previous one is still being released; they are excluded from the latencies.\n")
 	if firstErr != nil {
 		env.printf("\nfirst request error: %v\n", firstErr)
 	}
@@ -419,7 +444,24 @@ func rrRun(ctx context.Context, d *bench.Daemon, peers []*rrPeer, ops []rrOp, pi
 				}
 				mu.Unlock()
 			}()
+			var interval time.Duration
+			next := time.Now()
+			if c.rate > 0 {
+				interval = time.Duration(float64(len(peers)) / c.rate * float64(time.Second))
+				next = next.Add(time.Duration(p.rng.Int64N(int64(interval) + 1))) // spread the peers
+			}
 			for {
+				if interval > 0 {
+					if wait := time.Until(next); wait > 0 {
+						tm := time.NewTimer(wait)
+						select {
+						case <-stop:
+							tm.Stop()
+							return
+						case <-tm.C:
+						}
+					}
+				}
 				select {
 				case <-stop:
 					return
@@ -428,6 +470,10 @@ func rrRun(ctx context.Context, d *bench.Daemon, peers []*rrPeer, ops []rrOp, pi
 				op := ops[pick(p)]
 				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				t := time.Now()
+				if interval > 0 {
+					t = next // latency from the scheduled start
+					next = next.Add(interval)
+				}
 				err := op.do(rctx, p)
 				el := time.Since(t)
 				cancel()
