@@ -10,7 +10,7 @@ import (
 )
 
 // threadCPU is the CPU time consumed by the calling OS thread.
-func threadCPU(b *testing.B) time.Duration {
+func threadCPU(b testing.TB) time.Duration {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
 		b.Fatal(err)
