@@ -141,6 +141,11 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		})
 	}
 	directory.NewService(store, cfg.Directory, log.Named("directory"), reg).Attach(ctx, h)
+	// Stop taking requests before the store closes under them.
+	onStop("directory handler", func(context.Context) error {
+		h.RemoveStreamHandler(directory.ProtocolID)
+		return nil
+	})
 
 	gifs := gif.New(cfg.Gif, log.Named("gif"), reg)
 	onStop("gif", closer(gifs.Close))

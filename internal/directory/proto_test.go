@@ -4,13 +4,12 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/duskchat/dusk-relay/internal/reqresp"
+	"github.com/duskchat/dusk-relay/internal/testutil"
 )
 
 type wireVector struct {
@@ -26,37 +25,18 @@ type decodeCheck struct {
 	Cbor4ii    string `json:"cbor4ii_from_slice"`
 }
 
-// loadVectors parses shared/wire-vectors/vectors.json, which CI lays
-// beside the repository clone.
+// loadVectors parses the golden wire vectors (shared/ beside the clone,
+// else the copy in internal/testutil).
 func loadVectors(t *testing.T) ([]wireVector, []decodeCheck) {
 	t.Helper()
-	var candidates []string
-	if dir, err := os.Getwd(); err == nil {
-		for i := 0; i < 8; i++ {
-			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-				candidates = append(candidates, filepath.Join(dir, "..", "shared", "wire-vectors", "vectors.json"))
-				break
-			}
-			dir = filepath.Dir(dir)
-		}
+	var doc struct {
+		Vectors      []wireVector  `json:"vectors"`
+		DecodeChecks []decodeCheck `json:"decode_checks"`
 	}
-	candidates = append(candidates, "/work/shared/wire-vectors/vectors.json")
-	for _, p := range candidates {
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		var doc struct {
-			Vectors      []wireVector  `json:"vectors"`
-			DecodeChecks []decodeCheck `json:"decode_checks"`
-		}
-		if err := json.Unmarshal(raw, &doc); err != nil {
-			t.Fatalf("parse %s: %v", p, err)
-		}
-		return doc.Vectors, doc.DecodeChecks
+	if err := json.Unmarshal(testutil.VectorsJSON(), &doc); err != nil {
+		t.Fatalf("parse vectors.json: %v", err)
 	}
-	t.Fatalf("vectors.json not found (looked in %v)", candidates)
-	return nil, nil
+	return doc.Vectors, doc.DecodeChecks
 }
 
 const (
