@@ -216,14 +216,17 @@ func TestReservationCarriesAddresses(t *testing.T) {
 // loopback still ends up in the reservation.
 func TestDefaultListenAnnouncesLoopback(t *testing.T) {
 	n := startRelay(t, relayOpt{cfg: func(c *config.Relay) { c.ListenAddrs = nil; c.Port = 0 }})
-	var v4 bool
+	// With port 0 the v4 and v6 listeners get different ports: use the v4 one.
+	var v4 ma.Multiaddr
 	for _, a := range n.ListenAddrs() {
-		v4 = v4 || strings.HasPrefix(a.String(), "/ip4/0.0.0.0/tcp/")
+		if strings.HasPrefix(a.String(), "/ip4/0.0.0.0/tcp/") {
+			v4 = a
+		}
 	}
-	if !v4 {
+	if v4 == nil {
 		t.Fatalf("listen addrs %v lack /ip4/0.0.0.0", n.ListenAddrs())
 	}
-	port, err := tcpPort(n.ListenAddrs()[0])
+	port, err := tcpPort(v4)
 	if err != nil {
 		t.Fatal(err)
 	}
