@@ -193,11 +193,19 @@ func stopWithin(ctx context.Context, stop func(context.Context) error) error {
 }
 
 func printAddresses(w io.Writer, node *p2p.Node, id peer.ID) {
+	// The IPv4 listener's port; with port 0 (tests) v6 gets another one.
 	port := "0"
 	for _, a := range node.ListenAddrs() {
-		if p, err := a.ValueForProtocol(ma.P_TCP); err == nil {
+		p, err := a.ValueForProtocol(ma.P_TCP)
+		if err != nil {
+			continue
+		}
+		if _, v4 := a.ValueForProtocol(ma.P_IP4); v4 == nil {
 			port = p
 			break
+		}
+		if port == "0" {
+			port = p
 		}
 	}
 	fmt.Fprintf(w, "relay address: /ip4/0.0.0.0/tcp/%s/p2p/%s\n", port, id)
