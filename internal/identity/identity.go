@@ -17,6 +17,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
+
+	"github.com/duskchat/dusk-relay/internal/fsutil"
 )
 
 // FileName is the keypair file name inside the data directory (same as the Rust relay).
@@ -110,68 +112,11 @@ func create(path string, log *zap.Logger) (crypto.PrivKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode keypair: %w", err)
 	}
-	if err := writeNew(path, data); err != nil {
-		return nil, err
+	if err := fsutil.WriteNew(path, data); err != nil {
+		return nil, fmt.Errorf("%w %s: %w", ErrDataDir, filepath.Dir(path), err)
 	}
 	log.Info("saved new keypair to "+path, zap.Stringer("peer_id", peerID(key)))
 	return key, nil
-}
-
-// writeNew writes data to path atomically (temp file, fsync, link) and
-// fails with fs.ErrExist rather than replace an existing file.
-func writeNew(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+FileName+".*.tmp") // CreateTemp uses 0600
-	if err != nil {
-		return fmt.Errorf("%w %s: %w", ErrDataDir, dir, err)
-	}
-	tmpName := tmp.Name()
-	defer func() {
-		_ = os.Remove(tmpName) // after link (or failure) the temp name is not needed
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("write %s: %w", tmpName, err)
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("chmod %s: %w", tmpName, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmpName, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmpName, err)
-	}
-	// link(2) never replaces an existing file, unlike rename(2).
-	if err := os.Link(tmpName, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		// Some filesystems have no hard links; rename is still atomic, and
-		// the window in which another writer could appear is tiny.
-		if _, serr := os.Lstat(path); serr == nil {
-			return fs.ErrExist
-		}
-		if err := os.Rename(tmpName, path); err != nil {
-			return fmt.Errorf("save keypair %s: %w", path, err)
-		}
-	}
-	return syncDir(dir)
-}
-
-// syncDir makes the new directory entry durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, fs.ErrInvalid) {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }
 
 func peerID(key crypto.PrivKey) peer.ID {

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/duskchat/dusk-relay/internal/fsutil"
 )
 
 const (
@@ -78,11 +80,11 @@ func LoadOrCreateSecret(dataDir, configured string, log *zap.Logger) ([]byte, er
 		return nil, fmt.Errorf("generate TURN secret: %w", err)
 	}
 	text := hex.EncodeToString(raw)
-	created, err := writeExclusive(path, []byte(text+"\n"))
-	if err != nil {
-		return nil, err
+	err = fsutil.WriteNew(path, []byte(text+"\n"))
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("write TURN secret: %w", err)
 	}
-	if !created {
+	if err != nil {
 		// Another process created it between our read and write: use theirs.
 		return readSecret(path, log)
 	}
@@ -125,45 +127,6 @@ func readSecret(path string, log *zap.Logger) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s is not hex (remove it to generate a new secret, or set DUSK_TURN_SECRET)", ErrBadSecretFile, path)
 	}
 	return []byte(text), nil
-}
-
-// writeExclusive writes data to path atomically (temp file, fsync, link) and
-// reports false when path already existed; it never replaces a file.
-func writeExclusive(path string, data []byte) (bool, error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return false, fmt.Errorf("write TURN secret: %w", err)
-	}
-	tmpName := tmp.Name()
-	defer func() { _ = os.Remove(tmpName) }()
-	if err := tmp.Chmod(0o600); err != nil {
-		_ = tmp.Close()
-		return false, fmt.Errorf("write TURN secret: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return false, fmt.Errorf("write TURN secret: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return false, fmt.Errorf("write TURN secret: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return false, fmt.Errorf("write TURN secret: %w", err)
-	}
-	// link(2) fails if path exists, unlike rename(2): never overwrite.
-	if err := os.Link(tmpName, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return false, nil
-		}
-		return false, fmt.Errorf("write TURN secret %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return true, nil
 }
 
 // Password is base64(HMAC-SHA1(secret, username)), standard encoding with
