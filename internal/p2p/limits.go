@@ -88,8 +88,8 @@ func limitConfig(c config.Relay) rcmgr.ConcreteLimitConfig {
 	svc(identify.ServiceName, burst)
 	proto(identify.ID, burst)
 	proto(identify.IDPush, burst)
-	svc(ping.ServiceName, burst)
-	proto(ping.ID, burst)
+	svc(ping.ServiceName, mc)
+	proto(ping.ID, mc)
 	// Our own protocols (rendezvous, request-response, gossipsub) use the defaults.
 	bumpStreams(&p.ServiceDefault, burst)
 	bumpStreams(&p.ProtocolDefault, burst)
@@ -182,6 +182,7 @@ func relayResources(c config.Relay) relay.Resources {
 	r.MaxReservationsPerASN = c.MaxReservations
 	r.MaxCircuits = c.MaxCircuitsPerPeer
 	r.Limit = relayLimit(c.CircuitDuration, c.CircuitBytes)
+	r.BufferSize = 32 << 10
 	return r
 }
 

@@ -146,7 +146,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 			// at start instead of silently sharing the port's connections.
 			libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 			libp2p.Security(noise.ID, noise.New),
-			libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+			libp2p.Muxer(yamux.ID, smallBacklogYamux()),
 		),
 		libp2p.ProtocolVersion(ProtocolVersion),
 		libp2p.UserAgent(AgentPrefix + opts.Version),
@@ -403,4 +403,12 @@ func unlimitedIfZero[T time.Duration | int64](v T, s string) string {
 		return "unlimited"
 	}
 	return s
+}
+
+// smallBacklogYamux: go-libp2p's yamux transport with a 32-stream accept
+// backlog instead of 256 (the backlog channel is allocated per connection).
+func smallBacklogYamux() *yamux.Transport {
+	t := *yamux.DefaultTransport
+	t.AcceptBacklog = 32
+	return &t
 }
