@@ -400,61 +400,9 @@ func (s *Set) Run(ctx context.Context, o RunOptions) (Result, error) {
 		<-wdDone
 	}
 
-	if err := sleep(ctx, o.Warmup); err != nil {
-		stop()
-		return Result{}, err
-	}
-	cpu0, err := cpuOf(o.CPU)
-	if err != nil {
-		stop()
-		return Result{}, err
-	}
-	gen0, err := cpuOf(o.GenCPU)
-	if err != nil {
-		stop()
-		return Result{}, err
-	}
-	_, e0, p0 := s.counters()
-	t0 := time.Now()
-	if err := sleep(ctx, o.Duration); err != nil {
-		stop()
-		return Result{}, err
-	}
-	_, e1, p1 := s.counters()
-	el := time.Since(t0)
-	cpu1, err := cpuOf(o.CPU)
-	if err != nil {
-		stop()
-		return Result{}, err
-	}
-	gen1, err := cpuOf(o.GenCPU)
-	if err != nil {
-		stop()
-		return Result{}, err
-	}
-	stop()
-	if err := sleep(ctx, o.Drain); err != nil {
-		return Result{}, err
-	}
-	sent, echoed, atPeer := s.counters()
-	r := Result{
-		Duration:  el,
-		Relayed:   (e1 - e0) + (p1 - p0),
-		Sent:      sent,
-		Echoed:    echoed,
-		AtPeer:    atPeer,
-		Stalls:    stalls.Load(),
-		ServerCPU: cpu1 - cpu0,
-		GenCPU:    gen1 - gen0,
-	}
-	r.PPS = float64(r.Relayed) / el.Seconds()
-	if sent > 0 {
-		r.Loss = 1 - float64(min(echoed, sent))/float64(sent)
-	}
-	if r.Relayed > 0 {
-		r.CPUPerKPkt = time.Duration(float64(r.ServerCPU) * 1000 / float64(r.Relayed))
-	}
-	return r, nil
+	r, err := s.measure(ctx, o, stop)
+	r.Stalls = stalls.Load()
+	return r, err
 }
 
 // RunPackets drives the set in a closed loop until at least packets have
@@ -522,33 +470,55 @@ func (s *Set) RunPaced(ctx context.Context, rate float64, o RunOptions) (Result,
 		stopPacer()
 		<-pacerDone
 	}
+	return s.measure(ctx, o, stop)
+}
+
+// measure runs the warm-up, the measured window and the drain that Run and
+// RunPaced share; stop ends the offered load before the drain.
+func (s *Set) measure(ctx context.Context, o RunOptions, stop func()) (Result, error) {
+	var once sync.Once
+	halt := func() { once.Do(stop) }
+	defer halt()
 	if err := sleep(ctx, o.Warmup); err != nil {
-		stop()
 		return Result{}, err
 	}
 	cpu0, err := cpuOf(o.CPU)
 	if err != nil {
-		stop()
+		return Result{}, err
+	}
+	gen0, err := cpuOf(o.GenCPU)
+	if err != nil {
 		return Result{}, err
 	}
 	_, e0, p0 := s.counters()
 	t0 := time.Now()
 	if err := sleep(ctx, o.Duration); err != nil {
-		stop()
 		return Result{}, err
 	}
 	_, e1, p1 := s.counters()
 	el := time.Since(t0)
 	cpu1, err := cpuOf(o.CPU)
-	stop()
 	if err != nil {
 		return Result{}, err
 	}
+	gen1, err := cpuOf(o.GenCPU)
+	if err != nil {
+		return Result{}, err
+	}
+	halt()
 	if err := sleep(ctx, o.Drain); err != nil {
 		return Result{}, err
 	}
 	sent, echoed, atPeer := s.counters()
-	r := Result{Duration: el, Relayed: (e1 - e0) + (p1 - p0), Sent: sent, Echoed: echoed, AtPeer: atPeer, ServerCPU: cpu1 - cpu0}
+	r := Result{
+		Duration:  el,
+		Relayed:   (e1 - e0) + (p1 - p0),
+		Sent:      sent,
+		Echoed:    echoed,
+		AtPeer:    atPeer,
+		ServerCPU: cpu1 - cpu0,
+		GenCPU:    gen1 - gen0,
+	}
 	r.PPS = float64(r.Relayed) / el.Seconds()
 	if sent > 0 {
 		r.Loss = 1 - float64(min(echoed, sent))/float64(sent)
