@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -268,36 +266,12 @@ func reservationRate(ctx context.Context, d *bench.Daemon, peers int, dur time.D
 			_ = h.Close() // Close is idempotent; the env cleanup closes it again
 		}
 	}()
-	var n atomic.Int64
-	var firstErr atomic.Value
-	rctx, cancel := context.WithTimeout(ctx, dur)
-	defer cancel()
-	t := time.Now()
-	var wg sync.WaitGroup
-	for _, h := range hs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for rctx.Err() == nil {
-				// Own deadline per request (see steadyRegister).
-				octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := client.Reserve(octx, h, d.Info)
-				ocancel()
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				n.Add(1)
-			}
-		}()
+	rate, err := rateFor(ctx, dur, hs, func(octx context.Context, h host.Host) error {
+		_, err := client.Reserve(octx, h, d.Info)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reserve: %w", err)
 	}
-	wg.Wait()
-	el := time.Since(t)
-	if ctx.Err() != nil {
-		return 0, ctx.Err()
-	}
-	if e := firstErr.Load(); e != nil {
-		return 0, fmt.Errorf("reserve: %w", e.(error))
-	}
-	return float64(n.Load()) / el.Seconds(), nil
+	return rate, nil
 }

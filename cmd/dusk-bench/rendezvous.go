@@ -236,21 +236,29 @@ func steadyRegister(ctx context.Context, d *bench.Daemon, ns string, peers int, 
 		}
 		conns = append(conns, c)
 	}
+	return rateFor(ctx, dur, conns, func(octx context.Context, c *lightpeer.Conn) error {
+		return register(octx, c, ns)
+	})
+}
+
+// rateFor runs op in a loop on every worker until dur passes and returns
+// completed ops per second. Each op gets its own 10 s deadline: one tied to
+// the end of the loop would fail the op in flight at that moment. The first
+// error stops its worker and is returned.
+func rateFor[T any](ctx context.Context, dur time.Duration, workers []T, op func(context.Context, T) error) (float64, error) {
 	var n atomic.Int64
 	var firstErr atomic.Value
 	rctx, cancel := context.WithTimeout(ctx, dur)
 	defer cancel()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for _, c := range conns {
+	for _, w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for rctx.Err() == nil {
-				// Each request gets its own deadline: one tied to the end of
-				// the loop would fail the request in flight at that moment.
 				octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-				err := register(octx, c, ns)
+				err := op(octx, w)
 				ocancel()
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
@@ -261,8 +269,12 @@ func steadyRegister(ctx context.Context, d *bench.Daemon, ns string, peers int, 
 		}()
 	}
 	wg.Wait()
+	el := time.Since(start)
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
 	if e := firstErr.Load(); e != nil {
 		return 0, e.(error)
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	return float64(n.Load()) / el.Seconds(), nil
 }
