@@ -123,8 +123,30 @@ type udpListener struct {
 }
 
 func (c *udpListener) ReadFrom(p []byte) (int, net.Addr, error) {
+	uc, fast := c.PacketConn.(*net.UDPConn)
 	for {
-		n, addr, err := c.PacketConn.ReadFrom(p)
+		var (
+			n    int
+			addr net.Addr
+			err  error
+		)
+		if fast {
+			var from netip.AddrPort
+			n, from, err = uc.ReadFromUDPAddrPort(p)
+			if err == nil {
+				from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+				// ChannelData of a bound channel never reaches pion.
+				if number, payload, ok := channelData(p[:n]); ok {
+					if bc := c.s.chans.lookup(from, number); bc != nil {
+						bc.relay.sendToPeer(payload, bc.peer)
+						continue
+					}
+				}
+				addr = net.UDPAddrFromAddrPort(from)
+			}
+		} else {
+			n, addr, err = c.PacketConn.ReadFrom(p)
+		}
 		if err != nil {
 			// pion's read loop ends on any error; make that visible to Ready.
 			c.once.Do(func() {

@@ -1,7 +1,9 @@
 package turn
 
 import (
+	"encoding/binary"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -120,6 +122,7 @@ func (g *relayGen) AllocatePacketConn(network string, requestedPort int) (net.Pa
 		return nil, nil, err
 	}
 	rc := &relayConn{PacketConn: conn, s: g.s}
+	rc.udp, _ = conn.(*net.UDPConn)
 	if ua, ok := conn.LocalAddr().(*net.UDPAddr); ok {
 		rc.port = uint16(ua.Port)
 	}
@@ -134,38 +137,98 @@ func (g *relayGen) AllocateConn(network string, requestedPort int) (net.Conn, ne
 // relayConn counts relayed traffic with atomic adds only, and lets packets
 // for this host's own addresses reach only the relay sockets of other
 // allocations (two clients of this server calling each other), never
-// another service on the host.
+// another service on the host. It also relays peer packets of bound
+// channels straight to the client (fastpath.go).
 type relayConn struct {
 	net.PacketConn
 	s         *Server
 	port      uint16
 	closeOnce sync.Once
+
+	udp         *net.UDPConn // nil when the generator gave another kind
+	rbuf        []byte       // read buffer with room for a ChannelData header; pion's reader goroutine only
+	chanMu      sync.Mutex
+	chansClosed bool
+	byPeer      atomic.Pointer[map[netip.AddrPort]*boundChan] // copy on write, under chanMu
 }
 
+// channelHeader is the ChannelData header length.
+const channelHeader = 4
+
 func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
-	n, addr, err := c.PacketConn.ReadFrom(p)
-	if n > 0 {
-		c.s.ctr.packetsFromPeer.Add(1)
-		c.s.ctr.bytesFromPeer.Add(uint64(n))
+	if c.udp == nil {
+		n, addr, err := c.PacketConn.ReadFrom(p)
+		if err == nil {
+			c.countFromPeer(n)
+		}
+		return n, addr, err
 	}
-	return n, addr, err
+	// Read behind a gap for the header, into a buffer as long as pion's,
+	// so a datagram pion would take whole still fits.
+	if len(c.rbuf) < channelHeader+len(p) {
+		c.rbuf = make([]byte, channelHeader+len(p))
+	}
+	for {
+		n, from, err := c.udp.ReadFromUDPAddrPort(c.rbuf[channelHeader : channelHeader+len(p)])
+		if err != nil {
+			return 0, nil, err
+		}
+		c.countFromPeer(n)
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		if m := c.byPeer.Load(); m != nil {
+			if bc := (*m)[from]; bc != nil {
+				binary.BigEndian.PutUint16(c.rbuf[0:2], bc.key.number)
+				binary.BigEndian.PutUint16(c.rbuf[2:4], uint16(n))
+				_, _ = bc.out.WriteToUDPAddrPort(c.rbuf[:channelHeader+n], bc.key.client)
+				continue
+			}
+		}
+		copy(p, c.rbuf[channelHeader:channelHeader+n])
+		return n, net.UDPAddrFromAddrPort(from), nil
+	}
+}
+
+func (c *relayConn) countFromPeer(n int) {
+	c.s.ctr.packetsFromPeer.Add(1)
+	c.s.ctr.bytesFromPeer.Add(uint64(n))
 }
 
 func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	if ua, ok := addr.(*net.UDPAddr); ok {
 		ap := ua.AddrPort()
-		if c.s.filter.ownRestricted(ap.Addr()) && !c.s.relays.isRelayPort(ap.Port()) {
+		if c.ownHostDenied(ap) {
 			// Report success: an error here only makes pion log per packet.
-			c.s.ctr.ownHostDropped.Add(1)
 			return len(p), nil
 		}
 	}
 	n, err := c.PacketConn.WriteTo(p, addr)
-	if n > 0 {
-		c.s.ctr.packetsToPeer.Add(1)
-		c.s.ctr.bytesToPeer.Add(uint64(n))
+	if err == nil {
+		c.countToPeer(n)
 	}
 	return n, err
+}
+
+// sendToPeer is WriteTo for the channel fast path.
+func (c *relayConn) sendToPeer(p []byte, to netip.AddrPort) {
+	if c.ownHostDenied(to) {
+		return
+	}
+	if n, err := c.udp.WriteToUDPAddrPort(p, to); err == nil {
+		c.countToPeer(n)
+	}
+}
+
+func (c *relayConn) ownHostDenied(to netip.AddrPort) bool {
+	if c.s.filter.ownRestricted(to.Addr()) && !c.s.relays.isRelayPort(to.Port()) {
+		c.s.ctr.ownHostDropped.Add(1)
+		return true
+	}
+	return false
+}
+
+func (c *relayConn) countToPeer(n int) {
+	c.s.ctr.packetsToPeer.Add(1)
+	c.s.ctr.bytesToPeer.Add(uint64(n))
 }
 
 // Close is idempotent: pion's Manager.Close stops at the first error, so a
@@ -173,6 +236,7 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 func (c *relayConn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.dropChans()
 		err = c.PacketConn.Close()
 		c.s.relays.remove(c)
 	})
@@ -184,26 +248,34 @@ func (c *relayConn) Close() error {
 type relaySet struct {
 	mu    sync.Mutex
 	conns map[*relayConn]struct{}
-	empty chan struct{} // closed and replaced when the set drains
+	ports map[uint16]*relayConn // open UDP relay sockets by port
+	empty chan struct{}         // closed and replaced when the set drains
 
-	// ports is a bitmap of the UDP ports with an open relay socket, read
+	// portBits is a bitmap of the UDP ports with an open relay socket, read
 	// lock-free on the packet path.
-	ports [65536 / 64]atomic.Uint64
+	portBits [65536 / 64]atomic.Uint64
 }
 
 func (r *relaySet) isRelayPort(p uint16) bool {
-	return r.ports[p/64].Load()&(1<<(p%64)) != 0
+	return r.portBits[p/64].Load()&(1<<(p%64)) != 0
 }
 
 func newRelaySet() *relaySet {
-	return &relaySet{conns: map[*relayConn]struct{}{}}
+	return &relaySet{conns: map[*relayConn]struct{}{}, ports: map[uint16]*relayConn{}}
+}
+
+func (r *relaySet) byPort(p uint16) *relayConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ports[p]
 }
 
 func (r *relaySet) add(c *relayConn) {
 	r.mu.Lock()
 	r.conns[c] = struct{}{}
 	if c.port != 0 {
-		r.ports[c.port/64].Or(1 << (c.port % 64))
+		r.portBits[c.port/64].Or(1 << (c.port % 64))
+		r.ports[c.port] = c
 	}
 	r.mu.Unlock()
 }
@@ -212,7 +284,10 @@ func (r *relaySet) remove(c *relayConn) {
 	r.mu.Lock()
 	delete(r.conns, c)
 	if c.port != 0 {
-		r.ports[c.port/64].And(^uint64(1 << (c.port % 64)))
+		r.portBits[c.port/64].And(^uint64(1 << (c.port % 64)))
+		if r.ports[c.port] == c {
+			delete(r.ports, c.port)
+		}
 	}
 	if len(r.conns) == 0 && r.empty != nil {
 		close(r.empty)

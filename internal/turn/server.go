@@ -38,6 +38,7 @@ type Server struct {
 	quota  *quota
 	ctr    counters
 	relays *relaySet
+	chans  chanTable // bound UDP channels, relayed without pion (fastpath.go)
 
 	udp  []*udpListener
 	tcp  *tcpListener
@@ -151,6 +152,8 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 			OnAllocationDeleted: s.onAllocationDeleted,
 			OnAllocationError:   s.onAllocationError,
 			OnPermissionCreated: s.onPermissionCreated,
+			OnChannelCreated:    s.onChannelCreated,
+			OnChannelDeleted:    s.onChannelDeleted,
 		},
 	})
 	if err != nil {
