@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+
+	"golang.org/x/net/ipv4"
 )
 
 // ChannelData of bound UDP channels is relayed here, inside our socket
@@ -14,7 +16,7 @@ import (
 // (STUN, Send and Data indications, TCP clients) still goes through pion,
 // and pion's channel callbacks keep the table exact: a channel is here
 // only while pion has it bound, and the packets take the same rules as
-// pion's path (relayConn.sendToPeer holds the own-host guard for both;
+// pion's path (relayConn.ownHostDenied is the own-host guard of both;
 // pion checked the peer filter when it granted the channel's permission).
 
 // chanKey names a channel the way pion's data path finds it: all UDP
@@ -27,10 +29,12 @@ type chanKey struct {
 
 // boundChan is one bound channel of a UDP allocation.
 type boundChan struct {
-	key   chanKey
-	peer  netip.AddrPort
-	relay *relayConn
-	out   *net.UDPConn // a TURN listener socket: they all share the address clients talk to
+	key       chanKey
+	peer      netip.AddrPort
+	peerUDP   *net.UDPAddr // the same two addresses made once, for sendmmsg
+	clientUDP *net.UDPAddr
+	relay     *relayConn
+	out       *ipv4.PacketConn // a TURN listener socket: they all share the address clients talk to
 }
 
 // chanTable finds bound channels by client and number without locks on the
@@ -64,15 +68,18 @@ func (s *Server) onChannelCreated(src, _ net.Addr, protocol, _, _ string, relay,
 	client, ok1 := unmappedAddrPort(src)
 	p, ok2 := unmappedAddrPort(peer)
 	r, ok3 := unmappedAddrPort(relay)
-	out, ok4 := s.udp[0].PacketConn.(*net.UDPConn)
-	if !ok1 || !ok2 || !ok3 || !ok4 {
+	out := s.udp[0].pc4
+	if !ok1 || !ok2 || !ok3 || out == nil {
 		return // pion's own path still relays it
 	}
 	rc := s.relays.byPort(r.Port())
 	if rc == nil || rc.udp == nil {
 		return
 	}
-	rc.addChan(&boundChan{key: chanKey{client, number}, peer: p, relay: rc, out: out})
+	rc.addChan(&boundChan{
+		key: chanKey{client, number}, peer: p, relay: rc, out: out,
+		peerUDP: net.UDPAddrFromAddrPort(p), clientUDP: net.UDPAddrFromAddrPort(client),
+	})
 }
 
 // onChannelDeleted is pion's callback when a channel binding expired.

@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/duskchat/dusk-relay/internal/config"
+	"golang.org/x/net/ipv4"
 )
 
 func TestChannelDataParse(t *testing.T) {
@@ -50,7 +53,18 @@ func boundChannels(t *testing.T, s *Server, n int) []*boundChan {
 // both ways, byte for byte, up to the largest datagram pion's own path
 // carries; closing the allocations empties the table.
 func TestChannelFastPathRelays(t *testing.T) {
-	s := startServer(t, testConfig())
+	t.Run("loopback", func(t *testing.T) { fastPathRelays(t, testConfig()) })
+	// A wildcard listener is a dual-stack IPv6 socket: batched sends carry
+	// IPv4 client addresses on it.
+	t.Run("all interfaces", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.ListenIP = "0.0.0.0"
+		fastPathRelays(t, cfg)
+	})
+}
+
+func fastPathRelays(t *testing.T, cfg config.TURN) {
+	s := startServer(t, cfg)
 	ua, pa := creds(peerA)
 	ub, pb := creds(peerB)
 	a := dialClient(t, s, "udp", ua, pa)
@@ -64,7 +78,6 @@ func TestChannelFastPathRelays(t *testing.T) {
 		}
 	}
 	ra, rb := a.relays[0], b.relays[0]
-	before := s.ctr.packetsToPeer.Load()
 	buf := make([]byte, 2048)
 	for i, size := range []int{0, 1, 200, 1200, 1400, 1500} {
 		msg := bytes.Repeat([]byte{byte(i + 1)}, size)
@@ -87,9 +100,8 @@ func TestChannelFastPathRelays(t *testing.T) {
 			t.Fatalf("size %d b->a: %d bytes, %v", size, n, err)
 		}
 	}
-	if got := s.ctr.packetsToPeer.Load() - before; got != 12 {
-		t.Fatalf("counted %d packets to peers, want 12", got)
-	}
+	// 6 from relayBetween, 12 here; a count lands just after its datagram.
+	waitFor(t, "18 packets counted to peers", func() bool { return s.ctr.packetsToPeer.Load() == 18 })
 
 	_ = ra.Close()
 	_ = rb.Close()
@@ -111,11 +123,23 @@ func TestChannelFastPathOwnHostGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = closed.Close()
-	c := &relayConn{PacketConn: closed, udp: closed, s: s}
-	for _, dst := range []string{"8.8.4.4:22", "8.8.4.4:3478", "8.8.4.4:49153", "[::ffff:8.8.4.4]:53"} {
-		c.sendToPeer([]byte("data"), netip.MustParseAddrPort(dst))
+	c := &relayConn{PacketConn: closed, udp: closed, pc4: ipv4.NewPacketConn(closed), s: s}
+	w := newBatchWriter(listenerBatch)
+	send := func(dst string) {
+		ap := netip.MustParseAddrPort(dst)
+		c.queueToPeer(w, []byte("data"), &boundChan{peer: ap, peerUDP: net.UDPAddrFromAddrPort(ap), relay: c})
 	}
-	c.sendToPeer([]byte("data"), netip.MustParseAddrPort("8.8.4.4:49152")) // another relay: passes the guard
+	for _, dst := range []string{"8.8.4.4:22", "8.8.4.4:3478", "8.8.4.4:49153", "[::ffff:8.8.4.4]:53"} {
+		send(dst)
+	}
+	if len(w.msgs) != 0 {
+		t.Fatalf("%d packets queued past the guard", len(w.msgs))
+	}
+	send("8.8.4.4:49152") // another allocation's relay: passes the guard
+	if len(w.msgs) != 1 {
+		t.Fatalf("%d packets queued to the relay port, want 1", len(w.msgs))
+	}
+	w.flush() // fails on the closed socket: nothing leaves, nothing is counted
 	if got := s.ctr.ownHostDropped.Load(); got != 4 {
 		t.Fatalf("dropped %d, want 4", got)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 	"go.uber.org/zap"
+	"golang.org/x/net/ipv4"
 
 	"github.com/duskchat/dusk-relay/internal/turnauth"
 )
@@ -114,35 +115,58 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// udpListener is one UDP socket as pion sees it, with the auth gate.
+// udpListener is one UDP socket as pion sees it, with the auth gate and
+// the channel fast path.
 type udpListener struct {
 	net.PacketConn
 	s      *Server
 	exited chan struct{} // closed when ReadFrom failed for good
 	once   sync.Once
+
+	pc4 *ipv4.PacketConn // nil unless a *net.UDPConn: then reads and fast-path sends are batched
+	// Used by pion's reader goroutine only; made at its first read.
+	in  *batchReader
+	out *batchWriter
+}
+
+func newUDPListener(pc net.PacketConn, s *Server) *udpListener {
+	l := &udpListener{PacketConn: pc, s: s, exited: make(chan struct{})}
+	if uc, ok := pc.(*net.UDPConn); ok {
+		l.pc4 = ipv4.NewPacketConn(uc)
+	}
+	return l
 }
 
 func (c *udpListener) ReadFrom(p []byte) (int, net.Addr, error) {
-	uc, fast := c.PacketConn.(*net.UDPConn)
+	if c.pc4 != nil && c.in == nil {
+		c.in = newBatchReader(c.PacketConn.(*net.UDPConn), listenerBatch, len(p), 0)
+		c.out = newBatchWriter(listenerBatch)
+	}
 	for {
 		var (
 			n    int
 			addr net.Addr
 			err  error
 		)
-		if fast {
+		if c.in != nil {
+			if !c.in.buffered() {
+				c.out.flush() // before the read may block
+			}
+			var data []byte
 			var from netip.AddrPort
-			n, from, err = uc.ReadFromUDPAddrPort(p)
+			data, _, from, err = c.in.read()
 			if err == nil {
-				from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 				// ChannelData of a bound channel never reaches pion.
-				if number, payload, ok := channelData(p[:n]); ok {
+				if number, payload, ok := channelData(data); ok {
 					if bc := c.s.chans.lookup(from, number); bc != nil {
-						bc.relay.sendToPeer(payload, bc.peer)
+						bc.relay.queueToPeer(c.out, payload, bc)
 						continue
 					}
 				}
-				addr = net.UDPAddrFromAddrPort(from)
+				c.out.flush()
+				n, addr = copy(p, data), net.UDPAddrFromAddrPort(from)
+			} else {
+				c.out.flush()
 			}
 		} else {
 			n, addr, err = c.PacketConn.ReadFrom(p)

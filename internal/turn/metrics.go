@@ -9,6 +9,7 @@ import (
 
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
 )
 
 // Auth failure reasons (metric label values).
@@ -122,7 +123,9 @@ func (g *relayGen) AllocatePacketConn(network string, requestedPort int) (net.Pa
 		return nil, nil, err
 	}
 	rc := &relayConn{PacketConn: conn, s: g.s}
-	rc.udp, _ = conn.(*net.UDPConn)
+	if uc, ok := conn.(*net.UDPConn); ok {
+		rc.udp, rc.pc4 = uc, ipv4.NewPacketConn(uc)
+	}
 	if ua, ok := conn.LocalAddr().(*net.UDPAddr); ok {
 		rc.port = uint16(ua.Port)
 	}
@@ -145,8 +148,12 @@ type relayConn struct {
 	port      uint16
 	closeOnce sync.Once
 
-	udp         *net.UDPConn // nil when the generator gave another kind
-	rbuf        []byte       // read buffer with room for a ChannelData header; pion's reader goroutine only
+	udp *net.UDPConn     // nil when the generator gave another kind
+	pc4 *ipv4.PacketConn // udp, for batched sends from the listeners
+	// Batched reads and sends of pion's reader goroutine, made at its first read.
+	in  *batchReader
+	out *batchWriter
+
 	chanMu      sync.Mutex
 	chansClosed bool
 	byPeer      atomic.Pointer[map[netip.AddrPort]*boundChan] // copy on write, under chanMu
@@ -163,28 +170,32 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		}
 		return n, addr, err
 	}
-	// Read behind a gap for the header, into a buffer as long as pion's,
-	// so a datagram pion would take whole still fits.
-	if len(c.rbuf) < channelHeader+len(p) {
-		c.rbuf = make([]byte, channelHeader+len(p))
+	if c.in == nil {
+		// Buffers as long as pion's, with room for the ChannelData header
+		// in front: whatever pion would take whole still fits.
+		c.in = newBatchReader(c.udp, relayBatch, len(p), channelHeader)
+		c.out = newBatchWriter(relayBatch)
 	}
 	for {
-		n, from, err := c.udp.ReadFromUDPAddrPort(c.rbuf[channelHeader : channelHeader+len(p)])
+		if !c.in.buffered() {
+			c.out.flush() // before the read may block
+		}
+		data, framed, from, err := c.in.read()
 		if err != nil {
+			c.out.flush()
 			return 0, nil, err
 		}
-		c.countFromPeer(n)
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		c.countFromPeer(len(data))
 		if m := c.byPeer.Load(); m != nil {
 			if bc := (*m)[from]; bc != nil {
-				binary.BigEndian.PutUint16(c.rbuf[0:2], bc.key.number)
-				binary.BigEndian.PutUint16(c.rbuf[2:4], uint16(n))
-				_, _ = bc.out.WriteToUDPAddrPort(c.rbuf[:channelHeader+n], bc.key.client)
+				binary.BigEndian.PutUint16(framed[0:2], bc.key.number)
+				binary.BigEndian.PutUint16(framed[2:4], uint16(len(data)))
+				c.out.add(bc.out, nil, framed, bc.clientUDP)
 				continue
 			}
 		}
-		copy(p, c.rbuf[channelHeader:channelHeader+n])
-		return n, net.UDPAddrFromAddrPort(from), nil
+		c.out.flush()
+		return copy(p, data), net.UDPAddrFromAddrPort(from), nil
 	}
 }
 
@@ -208,14 +219,13 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return n, err
 }
 
-// sendToPeer is WriteTo for the channel fast path.
-func (c *relayConn) sendToPeer(p []byte, to netip.AddrPort) {
-	if c.ownHostDenied(to) {
+// queueToPeer is WriteTo for the channel fast path: p goes out with w's
+// next flush.
+func (c *relayConn) queueToPeer(w *batchWriter, p []byte, bc *boundChan) {
+	if c.ownHostDenied(bc.peer) {
 		return
 	}
-	if n, err := c.udp.WriteToUDPAddrPort(p, to); err == nil {
-		c.countToPeer(n)
-	}
+	w.add(c.pc4, c, p, bc.peerUDP)
 }
 
 func (c *relayConn) ownHostDenied(to netip.AddrPort) bool {

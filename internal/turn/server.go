@@ -136,7 +136,7 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 	}}
 	pcs := make([]turn.PacketConnConfig, 0, len(udpConns))
 	for _, pc := range udpConns {
-		ul := &udpListener{PacketConn: pc, s: s, exited: make(chan struct{})}
+		ul := newUDPListener(pc, s)
 		s.udp = append(s.udp, ul)
 		pcs = append(pcs, turn.PacketConnConfig{PacketConn: ul, RelayAddressGenerator: gen, PermissionHandler: s.permit})
 	}
