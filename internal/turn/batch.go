@@ -68,7 +68,8 @@ func (r *batchReader) read() (data, framed []byte, from netip.AddrPort, err erro
 // with one sendmmsg. The queued bytes must stay valid until flush.
 type batchWriter struct {
 	to      *ipv4.PacketConn
-	countTo *relayConn // counts what it sends to peers; nil for sends to clients
+	toUDP   *net.UDPConn // the same socket, for a batch of one
+	countTo *relayConn   // counts what it sends to peers; nil for sends to clients
 	msgs    []ipv4.Message
 	bufs    [][]byte // one backing [1][]byte per message, reused
 }
@@ -79,10 +80,10 @@ func newBatchWriter(n int) *batchWriter {
 
 // add queues p for addr on socket to, first flushing what was queued for
 // another socket (or when the batch is full).
-func (w *batchWriter) add(to *ipv4.PacketConn, countTo *relayConn, p []byte, addr *net.UDPAddr) {
+func (w *batchWriter) add(to *ipv4.PacketConn, toUDP *net.UDPConn, countTo *relayConn, p []byte, addr *net.UDPAddr) {
 	if w.to != to || len(w.msgs) == cap(w.msgs) {
 		w.flush()
-		w.to, w.countTo = to, countTo
+		w.to, w.toUDP, w.countTo = to, toUDP, countTo
 	}
 	i := len(w.msgs)
 	w.bufs[i] = p
@@ -93,6 +94,14 @@ func (w *batchWriter) add(to *ipv4.PacketConn, countTo *relayConn, p []byte, add
 // a failed sendto would drop it; the rest still go out.
 func (w *batchWriter) flush() {
 	msgs := w.msgs
+	if len(msgs) == 1 {
+		// sendto skips x/net's message packing: with many allocations
+		// at one packet each in flight, most batches are one datagram.
+		if _, err := w.toUDP.WriteTo(msgs[0].Buffers[0], msgs[0].Addr); err == nil && w.countTo != nil {
+			w.countTo.countToPeer(len(msgs[0].Buffers[0]))
+		}
+		msgs = nil
+	}
 	for len(msgs) > 0 {
 		n, err := w.to.WriteBatch(msgs, 0)
 		if n > 0 && w.countTo != nil {
@@ -110,5 +119,5 @@ func (w *batchWriter) flush() {
 		w.bufs[i] = nil
 	}
 	w.msgs = w.msgs[:0]
-	w.to, w.countTo = nil, nil
+	w.to, w.toUDP, w.countTo = nil, nil, nil
 }

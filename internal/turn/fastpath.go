@@ -35,6 +35,7 @@ type boundChan struct {
 	clientUDP *net.UDPAddr
 	relay     *relayConn
 	out       *ipv4.PacketConn // a TURN listener socket: they all share the address clients talk to
+	outUDP    *net.UDPConn     // the same socket
 }
 
 // chanTable finds bound channels by client and number without locks on the
@@ -69,7 +70,8 @@ func (s *Server) onChannelCreated(src, _ net.Addr, protocol, _, _ string, relay,
 	p, ok2 := unmappedAddrPort(peer)
 	r, ok3 := unmappedAddrPort(relay)
 	out := s.udp[0].pc4
-	if !ok1 || !ok2 || !ok3 || out == nil {
+	outUDP, ok4 := s.udp[0].PacketConn.(*net.UDPConn)
+	if !ok1 || !ok2 || !ok3 || !ok4 || out == nil {
 		return // pion's own path still relays it
 	}
 	rc := s.relays.byPort(r.Port())
@@ -77,7 +79,7 @@ func (s *Server) onChannelCreated(src, _ net.Addr, protocol, _, _ string, relay,
 		return
 	}
 	rc.addChan(&boundChan{
-		key: chanKey{client, number}, peer: p, relay: rc, out: out,
+		key: chanKey{client, number}, peer: p, relay: rc, out: out, outUDP: outUDP,
 		peerUDP: net.UDPAddrFromAddrPort(p), clientUDP: net.UDPAddrFromAddrPort(client),
 	})
 }

@@ -190,7 +190,7 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			if bc := (*m)[from]; bc != nil {
 				binary.BigEndian.PutUint16(framed[0:2], bc.key.number)
 				binary.BigEndian.PutUint16(framed[2:4], uint16(len(data)))
-				c.out.add(bc.out, nil, framed, bc.clientUDP)
+				c.out.add(bc.out, bc.outUDP, nil, framed, bc.clientUDP)
 				continue
 			}
 		}
@@ -225,7 +225,7 @@ func (c *relayConn) queueToPeer(w *batchWriter, p []byte, bc *boundChan) {
 	if c.ownHostDenied(bc.peer) {
 		return
 	}
-	w.add(c.pc4, c, p, bc.peerUDP)
+	w.add(c.pc4, c.udp, c, p, bc.peerUDP)
 }
 
 func (c *relayConn) ownHostDenied(to netip.AddrPort) bool {

@@ -217,10 +217,20 @@ func listenUDP(ip string, port uint16, n int) ([]net.PacketConn, error) {
 			// The rest join the port the kernel picked.
 			addr = pc.LocalAddr().String()
 		}
+		if uc, ok := pc.(*net.UDPConn); ok {
+			// Every client shares these sockets: a short stall of the
+			// reader must not overflow them (coturn asks for the same; the
+			// kernel caps it at net.core.rmem_max / wmem_max).
+			_ = uc.SetReadBuffer(listenerSocketBuffer)
+			_ = uc.SetWriteBuffer(listenerSocketBuffer)
+		}
 		out = append(out, pc)
 	}
 	return out, nil
 }
+
+// listenerSocketBuffer is the SO_RCVBUF/SO_SNDBUF asked for the UDP listeners.
+const listenerSocketBuffer = 4 << 20
 
 func listenTCP(ip string, port uint16) (net.Listener, error) {
 	addr := net.JoinHostPort(ip, strconv.Itoa(int(port)))
