@@ -9,9 +9,9 @@ import (
 
 // Syscalls were 94 % of the server's CPU once the channel fast path left
 // pion out (dusk-bench turn, pprof), so the sockets that carry relayed
-// packets read with recvmmsg and the fast path sends with sendmmsg: under
-// load one syscall moves many datagrams. x/net picks recvmmsg/sendmmsg on
-// Linux and falls back to one datagram per call elsewhere.
+// packets read with recvmmsg (batch_linux.go; x/net elsewhere) and the fast
+// path sends with sendmmsg (x/net): under load one syscall moves many
+// datagrams.
 
 // How many datagrams one read or send moves at most.
 const (
@@ -19,50 +19,11 @@ const (
 	relayBatch    = 8  // a relay socket carries one allocation; its buffers live as long as it does
 )
 
-// batchReader hands out datagrams one by one from batched reads. Used by
-// one goroutine only (pion's reader of the socket).
-type batchReader struct {
-	pc          *ipv4.PacketConn
-	msgs        []ipv4.Message
-	bases       [][]byte // each message's buffer including the headroom
-	headroom    int
-	next, count int
-}
-
-// newBatchReader reads up to n datagrams of up to size bytes each, into
-// buffers with headroom bytes free in front.
-func newBatchReader(uc *net.UDPConn, n, size, headroom int) *batchReader {
-	r := &batchReader{pc: ipv4.NewPacketConn(uc), msgs: make([]ipv4.Message, n), bases: make([][]byte, n), headroom: headroom}
-	buf := make([]byte, n*(headroom+size))
-	for i := range r.msgs {
-		r.bases[i] = buf[i*(headroom+size) : (i+1)*(headroom+size)]
-		r.msgs[i].Buffers = [][]byte{r.bases[i][headroom:]}
-	}
-	return r
-}
-
-// buffered reports whether a datagram is ready without a syscall.
-func (r *batchReader) buffered() bool { return r.next < r.count }
-
-// read returns the next datagram and its sender (IPv4 unmapped); framed is
-// the same datagram with the reader's headroom in front. Both stay valid
-// until the read after the batch is used up.
-func (r *batchReader) read() (data, framed []byte, from netip.AddrPort, err error) {
-	if r.next >= r.count {
-		n, err := r.pc.ReadBatch(r.msgs, 0)
-		if err != nil {
-			return nil, nil, netip.AddrPort{}, err
-		}
-		r.next, r.count = 0, n
-	}
-	m := &r.msgs[r.next]
-	r.next++
-	if ua, ok := m.Addr.(*net.UDPAddr); ok {
-		ap := ua.AddrPort()
-		from = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return m.Buffers[0][:m.N], r.bases[r.next-1][:r.headroom+m.N], from, nil
-}
+// visitFunc sees each datagram a batchReader receives; it returns true to
+// hand the datagram to read's caller (pion) and false when it dealt with it
+// (relayed it on the fast path). data and framed (data with the reader's
+// headroom in front) stay valid until the next read call.
+type visitFunc func(data, framed []byte, from netip.AddrPort) (keep bool)
 
 // batchWriter queues datagrams for one socket at a time and sends them
 // with one sendmmsg. The queued bytes must stay valid until flush.

@@ -125,8 +125,10 @@ type udpListener struct {
 
 	pc4 *ipv4.PacketConn // nil unless a *net.UDPConn: then reads and fast-path sends are batched
 	// Used by pion's reader goroutine only; made at its first read.
-	in  *batchReader
-	out *batchWriter
+	in    *batchReader
+	out   *batchWriter
+	visit visitFunc // c.fromClient and c.out.flush, bound once
+	flush func()
 }
 
 func newUDPListener(pc net.PacketConn, s *Server) *udpListener {
@@ -139,8 +141,13 @@ func newUDPListener(pc net.PacketConn, s *Server) *udpListener {
 
 func (c *udpListener) ReadFrom(p []byte) (int, net.Addr, error) {
 	if c.pc4 != nil && c.in == nil {
-		c.in = newBatchReader(c.PacketConn.(*net.UDPConn), listenerBatch, len(p), 0)
-		c.out = newBatchWriter(listenerBatch)
+		in, err := newBatchReader(c.PacketConn.(*net.UDPConn), listenerBatch, len(p), 0)
+		if err != nil {
+			c.stopped(err)
+			return 0, nil, err
+		}
+		c.in, c.out = in, newBatchWriter(listenerBatch)
+		c.visit, c.flush = c.fromClient, c.out.flush
 	}
 	for {
 		var (
@@ -149,34 +156,18 @@ func (c *udpListener) ReadFrom(p []byte) (int, net.Addr, error) {
 			err  error
 		)
 		if c.in != nil {
-			if !c.in.buffered() {
-				c.out.flush() // before the read may block
-			}
 			var data []byte
 			var from netip.AddrPort
-			data, _, from, err = c.in.read()
+			data, _, from, err = c.in.read(c.visit, c.flush)
+			c.out.flush()
 			if err == nil {
-				// ChannelData of a bound channel never reaches pion.
-				if number, payload, ok := channelData(data); ok {
-					if bc := c.s.chans.lookup(from, number); bc != nil {
-						bc.relay.queueToPeer(c.out, payload, bc)
-						continue
-					}
-				}
-				c.out.flush()
 				n, addr = copy(p, data), net.UDPAddrFromAddrPort(from)
-			} else {
-				c.out.flush()
 			}
 		} else {
 			n, addr, err = c.PacketConn.ReadFrom(p)
 		}
 		if err != nil {
-			// pion's read loop ends on any error; make that visible to Ready.
-			c.once.Do(func() {
-				c.s.listenerStopped("udp", c.PacketConn.LocalAddr(), err)
-				close(c.exited)
-			})
+			c.stopped(err)
 			return n, addr, err
 		}
 		if resp := c.s.inspect(p[:n], addr); resp != nil {
@@ -185,6 +176,27 @@ func (c *udpListener) ReadFrom(p []byte) (int, net.Addr, error) {
 		}
 		return n, addr, nil
 	}
+}
+
+// fromClient relays ChannelData of a bound channel to its peer; anything
+// else goes to pion (through the auth gate).
+func (c *udpListener) fromClient(data, _ []byte, from netip.AddrPort) (keep bool) {
+	if number, payload, ok := channelData(data); ok {
+		if bc := c.s.chans.lookup(from, number); bc != nil {
+			bc.relay.queueToPeer(c.out, payload, bc)
+			return false
+		}
+	}
+	return true
+}
+
+// stopped records that the socket failed for good: pion's read loop ends
+// on any error; Ready reports it.
+func (c *udpListener) stopped(err error) {
+	c.once.Do(func() {
+		c.s.listenerStopped("udp", c.PacketConn.LocalAddr(), err)
+		close(c.exited)
+	})
 }
 
 const (

@@ -151,8 +151,10 @@ type relayConn struct {
 	udp *net.UDPConn     // nil when the generator gave another kind
 	pc4 *ipv4.PacketConn // udp, for batched sends from the listeners
 	// Batched reads and sends of pion's reader goroutine, made at its first read.
-	in  *batchReader
-	out *batchWriter
+	in    *batchReader
+	out   *batchWriter
+	visit visitFunc // c.fromPeer and c.out.flush, bound once
+	flush func()
 
 	chanMu      sync.Mutex
 	chansClosed bool
@@ -173,30 +175,34 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	if c.in == nil {
 		// Buffers as long as pion's, with room for the ChannelData header
 		// in front: whatever pion would take whole still fits.
-		c.in = newBatchReader(c.udp, relayBatch, len(p), channelHeader)
-		c.out = newBatchWriter(relayBatch)
-	}
-	for {
-		if !c.in.buffered() {
-			c.out.flush() // before the read may block
-		}
-		data, framed, from, err := c.in.read()
+		in, err := newBatchReader(c.udp, relayBatch, len(p), channelHeader)
 		if err != nil {
-			c.out.flush()
 			return 0, nil, err
 		}
-		c.countFromPeer(len(data))
-		if m := c.byPeer.Load(); m != nil {
-			if bc := (*m)[from]; bc != nil {
-				binary.BigEndian.PutUint16(framed[0:2], bc.key.number)
-				binary.BigEndian.PutUint16(framed[2:4], uint16(len(data)))
-				c.out.add(bc.out, bc.outUDP, nil, framed, bc.clientUDP)
-				continue
-			}
-		}
-		c.out.flush()
-		return copy(p, data), net.UDPAddrFromAddrPort(from), nil
+		c.in, c.out = in, newBatchWriter(relayBatch)
+		c.visit, c.flush = c.fromPeer, c.out.flush
 	}
+	data, _, from, err := c.in.read(c.visit, c.flush)
+	c.out.flush()
+	if err != nil {
+		return 0, nil, err
+	}
+	return copy(p, data), net.UDPAddrFromAddrPort(from), nil
+}
+
+// fromPeer relays a peer's datagram to the client as ChannelData when the
+// peer has a bound channel; anything else goes to pion.
+func (c *relayConn) fromPeer(data, framed []byte, from netip.AddrPort) (keep bool) {
+	c.countFromPeer(len(data))
+	if m := c.byPeer.Load(); m != nil {
+		if bc := (*m)[from]; bc != nil {
+			binary.BigEndian.PutUint16(framed[0:2], bc.key.number)
+			binary.BigEndian.PutUint16(framed[2:4], uint16(len(data)))
+			c.out.add(bc.out, bc.outUDP, nil, framed, bc.clientUDP)
+			return false
+		}
+	}
+	return true
 }
 
 func (c *relayConn) countFromPeer(n int) {
