@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -242,7 +243,7 @@ func measureConns(ctx context.Context, env *runEnv, name string, d *bench.Daemon
 		row.idleRSS = rss
 		row.idleKiB = float64(rss-rss0) / 1024 / den
 		row.idleG = (g - g0) / den
-		fmt.Fprintf(env.errOut, "%s N=%d: held %d, idle RSS %.1f MiB, %d goroutines\n", name, n, row.held, float64(rss)/(1<<20), int(g))
+		fmt.Fprintf(env.errOut, "%s N=%d: held %d, idle RSS %.1f MiB, %d goroutines; %s\n", name, n, row.held, float64(rss)/(1<<20), int(g), memBreakdown(ctx, d))
 
 		if err := pingPhase(ctx, env, name, d, conns, o, &row); err != nil {
 			return nil, err
@@ -354,6 +355,26 @@ func sampleDaemon(ctx context.Context, d *bench.Daemon) (int64, float64, error) 
 		return 0, 0, err
 	}
 	return rss, g, nil
+}
+
+// memBreakdown tells where the Go runtime's memory is (for reading an RSS
+// figure): live heap spans, goroutine stacks, and heap the runtime holds
+// free but has not returned to the OS.
+func memBreakdown(ctx context.Context, d *bench.Daemon) string {
+	var b strings.Builder
+	for _, m := range []struct{ label, name string }{
+		{"heap in use", "go_memstats_heap_inuse_bytes"},
+		{"stacks", "go_memstats_stack_inuse_bytes"},
+		{"heap idle", "go_memstats_heap_idle_bytes"},
+		{"released", "go_memstats_heap_released_bytes"},
+	} {
+		v, err := d.Metric(ctx, m.name)
+		if err != nil {
+			return "memstats: " + err.Error()
+		}
+		fmt.Fprintf(&b, "%s %.1f MiB, ", m.label, v/(1<<20))
+	}
+	return strings.TrimSuffix(b.String(), ", ")
 }
 
 func alive(cs []*lightpeer.Conn) int {
