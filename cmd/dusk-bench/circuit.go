@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -33,6 +34,7 @@ func runCircuit(ctx context.Context, env *runEnv, args []string) error {
 	setups := fs.Int("setups", 30, "connection setups timed per kind and round")
 	resPeers := fs.Int("res-peers", 50, "hosts reserving concurrently for the reservations/s figure")
 	resDuration := fs.Duration("res-duration", 5*time.Second, "reservation loop duration per round")
+	pin := fs.Bool("pin", false, "give the daemon CPU 1 and dusk-bench (both endpoints, direct and relayed) CPU 0, as when the relay runs on its own machine")
 	if err := env.parse(fs, args); err != nil {
 		return err
 	}
@@ -54,6 +56,17 @@ func runCircuit(ctx context.Context, env *runEnv, args []string) error {
 	d, err := env.startDaemon(ctx, "circuit", denv, "")
 	if err != nil {
 		return err
+	}
+	if *pin {
+		if runtime.NumCPU() < 2 {
+			return fmt.Errorf("%w: -pin needs 2 CPUs", errUsage)
+		}
+		if err := bench.PinProcess(d.PID, 1); err != nil {
+			return err
+		}
+		if err := bench.PinProcess(0, 0); err != nil {
+			return err
+		}
 	}
 	var hosts []host.Host
 	env.onCleanup(func() {
@@ -116,6 +129,10 @@ func runCircuit(ctx context.Context, env *runEnv, args []string) error {
 
 	env.header("circuit relay v2 vs a direct connection", args)
 	env.printf("daemon: %s\n", envList(denv))
+	if *pin {
+		env.printf("pinned: the daemon runs on CPU 1 alone; dusk-bench (both endpoints of every transfer) on CPU 0. A relayed byte is\n")
+		env.printf("  encrypted twice by its endpoints (end-to-end noise inside the hop's noise), so 0.5x is the ceiling here.\n")
+	}
 	env.printf("method: go-libp2p hosts in dusk-bench (TCP+noise+yamux). Throughput: one stream, %d MiB in 64 KiB writes, half-close,\n", *mib)
 	env.printf("  the sink acknowledges the byte count; direct = source dials the sink's loopback address, relayed = source dials\n")
 	env.printf("  <daemon>/p2p-circuit/p2p/<sink> (the sink holds a reservation). Setup = close + connect + first stream round trip,\n")
