@@ -35,6 +35,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
@@ -150,7 +151,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		),
 		libp2p.ProtocolVersion(ProtocolVersion),
 		libp2p.UserAgent(AgentPrefix + opts.Version),
-		libp2p.Ping(true),
+		libp2p.Ping(false), // our own handler, below: rust clients keep one stream
 		// A relay needs none of these: no relay client, no hole punching,
 		// no UPnP/NAT-PMP, and no AutoNAT probing (we are public by design).
 		libp2p.DisableRelay(),
@@ -171,6 +172,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		return nil, fmt.Errorf("p2p: libp2p host: %w", err)
 	}
 	n.h = h
+	h.SetStreamHandler(ping.ID, pingHandler(pingIdle))
 	fail := func(err error) (*Node, error) {
 		_ = n.Close()
 		return nil, err

@@ -28,8 +28,8 @@ type batchReader struct {
 	next, count int // messages received but not visited yet
 
 	// Per read call; kept here so the RawRead closure allocates once.
-	visit      visitFunc
-	beforeWait func()
+	visit   visitFunc
+	release func()
 	kept       int // index of the message handed to the caller, or -1
 	err        error
 	readFn     func(fd uintptr) bool
@@ -63,10 +63,11 @@ func newBatchReader(uc *net.UDPConn, n, size, headroom int) (*batchReader, error
 }
 
 // read visits datagrams until visit keeps one, which it returns, or the
-// socket fails. beforeWait runs before the goroutine may block.
-func (r *batchReader) read(visit visitFunc, beforeWait func()) (data, framed []byte, from netip.AddrPort, err error) {
-	r.visit, r.beforeWait, r.kept, r.err = visit, beforeWait, -1, nil
-	defer func() { r.visit, r.beforeWait = nil, nil }()
+// socket fails. release runs before the reader reuses its buffers or may
+// block: it must send whatever visit queued from them.
+func (r *batchReader) read(visit visitFunc, release func()) (data, framed []byte, from netip.AddrPort, err error) {
+	r.visit, r.release, r.kept, r.err = visit, release, -1, nil
+	defer func() { r.visit, r.release = nil, nil }()
 	if r.visitBuffered() {
 		return r.keptMessage()
 	}
@@ -83,6 +84,7 @@ func (r *batchReader) read(visit visitFunc, beforeWait func()) (data, framed []b
 // to become readable, true ends the Read.
 func (r *batchReader) readLoop(fd uintptr) bool {
 	for {
+		r.release() // the next recvmmsg overwrites the buffers
 		for i := range r.hdrs {
 			r.hdrs[i].Hdr.Namelen = uint32(unsafe.Sizeof(r.names[i]))
 		}
@@ -91,7 +93,6 @@ func (r *batchReader) readLoop(fd uintptr) bool {
 		case errno == unix.EINTR:
 			continue
 		case errno == unix.EAGAIN:
-			r.beforeWait()
 			return false
 		case errno != 0:
 			r.err = errno
@@ -103,7 +104,7 @@ func (r *batchReader) readLoop(fd uintptr) bool {
 		}
 		if int(n) < len(r.hdrs) {
 			// Drained: the next datagram raises a new readiness edge.
-			r.beforeWait()
+			r.release()
 			return false
 		}
 	}

@@ -30,11 +30,12 @@ func newBatchReader(uc *net.UDPConn, n, size, headroom int) (*batchReader, error
 }
 
 // read visits datagrams until visit keeps one, which it returns, or the
-// socket fails. beforeWait runs before the goroutine may block.
-func (r *batchReader) read(visit visitFunc, beforeWait func()) (data, framed []byte, from netip.AddrPort, err error) {
+// socket fails. release runs before the reader reuses its buffers or may
+// block: it must send whatever visit queued from them.
+func (r *batchReader) read(visit visitFunc, release func()) (data, framed []byte, from netip.AddrPort, err error) {
 	for {
 		if r.next >= r.count {
-			beforeWait()
+			release()
 			n, err := r.pc.ReadBatch(r.msgs, 0)
 			if err != nil {
 				return nil, nil, netip.AddrPort{}, err

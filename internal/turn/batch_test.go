@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 func udpPair(t *testing.T) (*net.UDPConn, *net.UDPConn) {
@@ -125,5 +127,56 @@ func TestBatchReaderClosed(t *testing.T) {
 	}()
 	if _, _, _, err := r.read(func([]byte, []byte, netip.AddrPort) bool { return true }, func() {}); err == nil {
 		t.Fatal("read on a closed socket succeeded")
+	}
+}
+
+// What visit queues from the reader's buffers goes out intact: the reader
+// releases (sends) it before a later batch overwrites those buffers, also
+// when more datagrams wait than one batch holds.
+func TestBatchReaderReleasesBeforeReuse(t *testing.T) {
+	rx, tx := udpPair(t)
+	sink, _ := udpPair(t)
+	out, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	const n = 50
+	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+	for i := 0; i < n; i++ {
+		if _, err := tx.WriteToUDPAddrPort([]byte(fmt.Sprintf("payload-%02d", i)), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _ = tx.WriteToUDPAddrPort([]byte("stop"), to)
+	r, err := newBatchReader(rx, 8, 64, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newBatchWriter(64) // larger than a batch: only release sends in time
+	outPC := ipv4.NewPacketConn(out)
+	sinkAddr := sink.LocalAddr().(*net.UDPAddr)
+	_ = rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+	data, _, _, err := r.read(func(data, _ []byte, _ netip.AddrPort) bool {
+		if string(data) == "stop" {
+			return true
+		}
+		w.add(outPC, out, nil, data, sinkAddr)
+		return false
+	}, w.flush)
+	w.flush()
+	if err != nil || string(data) != "stop" {
+		t.Fatalf("read: %q, %v", data, err)
+	}
+	buf := make([]byte, 64)
+	_ = sink.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := 0; i < n; i++ {
+		k, _, err := sink.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if want := fmt.Sprintf("payload-%02d", i); string(buf[:k]) != want {
+			t.Fatalf("datagram %d is %q, want %q", i, buf[:k], want)
+		}
 	}
 }
