@@ -21,6 +21,7 @@
 package turnload
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -64,16 +65,18 @@ type Alloc struct {
 	peer   *net.UDPConn
 	server netip.AddrPort
 
-	once   sync.Once
-	bound  chan struct{}
-	frame  []byte
-	window int
+	once    sync.Once
+	bound   chan struct{}
+	frame   []byte
+	payload []byte // the frame's payload, random per allocation; never written after setup
+	window  int
 
 	running    atomic.Bool
 	sent       atomic.Uint64
 	recvClient atomic.Uint64
 	recvPeer   atomic.Uint64
 	sendErrs   atomic.Uint64
+	corrupt    atomic.Uint64 // datagrams at the peer or back at the client with other bytes than sent
 	peerDone   chan struct{}
 }
 
@@ -108,6 +111,9 @@ func (a *Alloc) onChannelData(p []byte) {
 		close(a.bound)
 	})
 	a.recvClient.Add(1)
+	if len(p) < 4 || !bytes.Equal(p[4:], a.payload) {
+		a.corrupt.Add(1)
+	}
 	if a.running.Load() {
 		a.send()
 	}
@@ -129,6 +135,9 @@ func (a *Alloc) echo() {
 			return
 		}
 		a.recvPeer.Add(1)
+		if !bytes.Equal(buf[:n], a.payload) {
+			a.corrupt.Add(1)
+		}
 		_, _ = a.peer.WriteToUDPAddrPort(buf[:n], from)
 	}
 }
@@ -179,6 +188,7 @@ func newAlloc(t Target, user string, payload int) (*Alloc, error) {
 	a.frame = make([]byte, 4+payload)
 	binary.BigEndian.PutUint16(a.frame[2:4], uint16(payload))
 	_, _ = rand.Read(a.frame[4:])
+	a.payload = bytes.Clone(a.frame[4:])
 	cl, err := turn.NewClient(&turn.ClientConfig{
 		TURNServerAddr: t.Addr.String(),
 		STUNServerAddr: t.Addr.String(),
@@ -510,6 +520,13 @@ func (s *Set) measure(ctx context.Context, o RunOptions, stop func()) (Result, e
 		return Result{}, err
 	}
 	sent, echoed, atPeer := s.counters()
+	var corrupt uint64
+	for _, a := range s.Allocs {
+		corrupt += a.corrupt.Swap(0)
+	}
+	if corrupt > 0 {
+		return Result{}, fmt.Errorf("turnload: %d datagrams arrived with other bytes than were sent", corrupt)
+	}
 	r := Result{
 		Duration:  el,
 		Relayed:   (e1 - e0) + (p1 - p0),
