@@ -29,11 +29,9 @@ func pingOn(t *testing.T, s network.Stream) error {
 	return nil
 }
 
-// A rust-libp2p client keeps one ping stream and pings every 15 s; the
-// relay answers on it past go-libp2p's 10 s idle and 30 s stream limits.
-func TestPingStreamKeptAsRustClientsDo(t *testing.T) {
-	t.Parallel()
-	n := startRelay(t, relayOpt{})
+// openPing connects a new client to n and opens a ping stream.
+func openPing(t *testing.T, n *Node) network.Stream {
+	t.Helper()
 	c := newClient(t)
 	if err := c.Connect(ctxT(t, 10*time.Second), relayInfo(n)); err != nil {
 		t.Fatal(err)
@@ -42,7 +40,15 @@ func TestPingStreamKeptAsRustClientsDo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Reset()
+	t.Cleanup(func() { _ = s.Reset() })
+	return s
+}
+
+// A rust-libp2p client keeps one ping stream and pings every 15 s; the
+// relay answers on it past go-libp2p's 10 s idle and 30 s stream limits.
+func TestPingStreamKeptAsRustClientsDo(t *testing.T) {
+	t.Parallel()
+	s := openPing(t, startRelay(t, relayOpt{}))
 	start := time.Now()
 	for i := 0; i < 3; i++ {
 		if i > 0 {
@@ -59,14 +65,7 @@ func TestPingStreamKeptAsRustClientsDo(t *testing.T) {
 func TestPingHandlerIdleAndEOF(t *testing.T) {
 	n := startRelay(t, relayOpt{})
 	n.h.SetStreamHandler(ping.ID, pingHandler(300*time.Millisecond))
-	c := newClient(t)
-	if err := c.Connect(ctxT(t, 10*time.Second), relayInfo(n)); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.NewStream(ctxT(t, 10*time.Second), n.ID(), ping.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openPing(t, n)
 	if err := pingOn(t, s); err != nil {
 		t.Fatal(err)
 	}
@@ -75,12 +74,8 @@ func TestPingHandlerIdleAndEOF(t *testing.T) {
 	if _, err := s.Read(make([]byte, 1)); err == nil {
 		t.Fatal("idle ping stream still open")
 	}
-	_ = s.Reset()
 
-	s, err = c.NewStream(ctxT(t, 10*time.Second), n.ID(), ping.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openPing(t, n)
 	if err := pingOn(t, s); err != nil {
 		t.Fatal(err)
 	}
