@@ -112,7 +112,7 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	env.printf("  each echo triggers the next send (closed loop); 200 ms of silence re-primes the window (stall).\n")
 	env.printf("  pps = packets relayed per second, both directions; loss = 1 - echoes/sent after %v drain;\n", 300*time.Millisecond)
 	env.printf("  CPU = server process utime+stime (/proc/<pid>/stat) per 1000 relayed packets; setup = Allocate() calls/s (%d in parallel).\n", *parallel)
-	env.printf("  %d rounds x %v (+%v warm-up), servers alternate A B A B; medians.\n", *rounds, *duration, *warmup)
+	env.printf("  %d rounds x %v (+%v warm-up), servers alternate A B A B; medians. \"paired\" = median of the per-round ratios (runs of a round are back to back).\n", *rounds, *duration, *warmup)
 	if *paced > 0 {
 		env.printf("  paced phase: one pacer sends at a fixed rate (1 ms ticks, round-robin over allocations) = %.2f x the cell's best\n", *paced)
 		env.printf("  closed-loop median (relayed pps / 2 client sends); loss = 1 - echoes/sent. Same rounds and alternation.\n")
@@ -160,12 +160,28 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	loss := func(s turnSample) float64 { return s.res.Loss * 100 }
 	cpu := func(s turnSample) float64 { return float64(s.res.CPUPerKPkt) / float64(time.Millisecond) }
 	stalls := func(s turnSample) float64 { return float64(s.res.Stalls) }
+	// paired is the median over rounds of each round's a/b: the two runs of
+	// a round are back to back, so drift of the shared machine between
+	// rounds (seen here: ±25 % for one cell) cancels out of each ratio.
+	paired := func(a, b string, cell turnCell, f func(turnSample) float64) string {
+		as, bs := samples[a][cell], samples[b][cell]
+		var rs []float64
+		for i := range min(len(as), len(bs)) {
+			if v := f(bs[i]); v > 0 {
+				rs = append(rs, f(as[i])/v)
+			}
+		}
+		if len(rs) == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2fx", bench.Median(rs))
+	}
 
 	both := len(servers) == 2
 	var t *bench.Table
 	if both {
-		t = bench.NewTable("payload B", "allocs", "W", "ours pps", "coturn pps", "pps ours/coturn",
-			"ours loss %", "coturn loss %", "ours CPU ms/kpkt", "coturn CPU ms/kpkt", "CPU ours/coturn", "stalls o/c")
+		t = bench.NewTable("payload B", "allocs", "W", "ours pps", "coturn pps", "pps ours/coturn", "pps ours/coturn paired",
+			"ours loss %", "coturn loss %", "ours CPU ms/kpkt", "coturn CPU ms/kpkt", "CPU ours/coturn", "CPU paired", "stalls o/c")
 	} else {
 		t = bench.NewTable("payload B", "allocs", "W", servers[0].name+" pps", "loss %", "CPU ms/kpkt", "stalls")
 	}
@@ -173,8 +189,8 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 		w := max(1, *inflight/cell.allocs)
 		if both {
 			o, c := servers[0].name, servers[1].name
-			t.Row(cell.payload, cell.allocs, w, med(o, cell, pps), med(c, cell, pps), bench.Ratio(med(o, cell, pps), med(c, cell, pps)),
-				med(o, cell, loss), med(c, cell, loss), med(o, cell, cpu), med(c, cell, cpu), bench.Ratio(med(o, cell, cpu), med(c, cell, cpu)),
+			t.Row(cell.payload, cell.allocs, w, med(o, cell, pps), med(c, cell, pps), bench.Ratio(med(o, cell, pps), med(c, cell, pps)), paired(o, c, cell, pps),
+				med(o, cell, loss), med(c, cell, loss), med(o, cell, cpu), med(c, cell, cpu), bench.Ratio(med(o, cell, cpu), med(c, cell, cpu)), paired(o, c, cell, cpu),
 				fmt.Sprintf("%.0f/%.0f", med(o, cell, stalls), med(c, cell, stalls)))
 		} else {
 			n := servers[0].name
