@@ -30,9 +30,9 @@ type batchReader struct {
 	// Per read call; kept here so the RawRead closure allocates once.
 	visit   visitFunc
 	release func()
-	kept       int // index of the message handed to the caller, or -1
-	err        error
-	readFn     func(fd uintptr) bool
+	kept    int // index of the message handed to the caller, or -1
+	err     error
+	readFn  func(fd uintptr) bool
 }
 
 func newBatchReader(uc *net.UDPConn, n, size, headroom int) (*batchReader, error) {
