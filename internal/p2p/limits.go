@@ -152,19 +152,18 @@ func connRateLimiter(perIP int) *rate.Limiter {
 	}
 }
 
-// newConnManager trims back to 90 % only once DUSK_MAX_CONNECTIONS is
-// exceeded (outbound connections on top of a full inbound quota). Peers with
-// a reservation or a circuit are tagged by the relay and trimmed last.
+// newConnManager never closes a connection the resource manager admitted:
+// like the Rust relay (connection_limits), DUSK_MAX_CONNECTIONS is enforced
+// by refusing new connections, not by trimming held ones. go-libp2p's
+// manager trims once the count reaches (not exceeds) its high watermark,
+// so the watermark is the resource manager's total (inbound cap plus the
+// outbound slack), reached only when both are full; then it sheds back to
+// DUSK_MAX_CONNECTIONS. (A high watermark of DUSK_MAX_CONNECTIONS trimmed a
+// full relay to 90 % a minute after the last client arrived.) The manager
+// stays for the tags the relay service puts on peers it serves.
 func newConnManager(maxConns int) (*connmgr.BasicConnMgr, error) {
-	high := maxConns
-	low := max(high*9/10, 1)
-	if low >= high {
-		low = high - 1
-	}
-	if low < 1 {
-		low, high = 1, 2
-	}
-	return connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(time.Minute))
+	low := max(maxConns, 1)
+	return connmgr.NewConnManager(low, low+outboundSlack, connmgr.WithGracePeriod(time.Minute))
 }
 
 // relayResources maps the Rust relay's limits onto go-libp2p's. go-libp2p

@@ -718,6 +718,12 @@ func TestLimitConfigFitsMaxConns(t *testing.T) {
 		if err != nil {
 			t.Fatalf("MaxConns %d: connmgr: %v", mc, err)
 		}
+		// Never trims what the resource manager admits inbound, and never
+		// above what it admits in total (go-libp2p warns then).
+		info := cm.GetInfo()
+		if info.LowWater < mc || info.HighWater <= mc || info.HighWater > int(sys.Conns) {
+			t.Errorf("MaxConns %d: connmgr low %d high %d, system conns %d", mc, info.LowWater, info.HighWater, sys.Conns)
+		}
 		_ = cm.Close()
 	}
 }
