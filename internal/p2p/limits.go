@@ -161,9 +161,10 @@ func connRateLimiter(perIP int) *rate.Limiter {
 // DUSK_MAX_CONNECTIONS. (A high watermark of DUSK_MAX_CONNECTIONS trimmed a
 // full relay to 90 % a minute after the last client arrived.) The manager
 // stays for the tags the relay service puts on peers it serves.
-func newConnManager(maxConns int) (*connmgr.BasicConnMgr, error) {
+func newConnManager(maxConns int, opts ...connmgr.Option) (*connmgr.BasicConnMgr, error) {
 	low := max(maxConns, 1)
-	return connmgr.NewConnManager(low, low+outboundSlack, connmgr.WithGracePeriod(time.Minute))
+	opts = append([]connmgr.Option{connmgr.WithGracePeriod(time.Minute)}, opts...)
+	return connmgr.NewConnManager(low, low+outboundSlack, opts...)
 }
 
 // relayResources maps the Rust relay's limits onto go-libp2p's. go-libp2p

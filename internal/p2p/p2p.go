@@ -34,6 +34,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
@@ -61,6 +62,8 @@ type Options struct {
 	PublicHost string
 	// Version goes into the identify agent string dusk-relay/<Version>.
 	Version string
+
+	connMgr []connmgr.Option // tests: a grace period they can wait out
 }
 
 // Node is the running libp2p host with its relay service.
@@ -132,7 +135,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
-	cm, err := newConnManager(cfg.MaxConns)
+	cm, err := newConnManager(cfg.MaxConns, opts.connMgr...)
 	if err != nil {
 		_ = rm.Close()
 		return nil, fmt.Errorf("p2p: connection manager: %w", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
@@ -725,6 +726,32 @@ func TestLimitConfigFitsMaxConns(t *testing.T) {
 			t.Errorf("MaxConns %d: connmgr low %d high %d, system conns %d", mc, info.LowWater, info.HighWater, sys.Conns)
 		}
 		_ = cm.Close()
+	}
+}
+
+// A full relay keeps its connections past the connection manager's grace
+// period: DUSK_MAX_CONNECTIONS refuses new ones, it never sheds held ones.
+func TestFullRelayKeepsConnections(t *testing.T) {
+	const mc = 12
+	n := startRelay(t, relayOpt{
+		cfg:  func(c *config.Relay) { c.MaxConns = mc },
+		opts: Options{connMgr: []connmgr.Option{connmgr.WithGracePeriod(0), connmgr.WithSilencePeriod(20 * time.Millisecond)}},
+	})
+	clients := make([]host.Host, mc)
+	for i := range clients {
+		clients[i] = newClient(t)
+		if err := clients[i].Connect(ctxT(t, 10*time.Second), relayInfo(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // 15 trim rounds past the grace period
+	for i, c := range clients {
+		if c.Network().Connectedness(n.ID()) != network.Connected {
+			t.Fatalf("client %d of %d was disconnected from a relay at its cap", i+1, mc)
+		}
+	}
+	if got := len(n.h.Network().Conns()); got != mc {
+		t.Fatalf("relay holds %d connections, want %d", got, mc)
 	}
 }
 
