@@ -64,14 +64,14 @@ func (w *batchWriter) flush() {
 		msgs = nil
 	}
 	for len(msgs) > 0 {
-		n, err := w.to.WriteBatch(msgs, 0)
+		n, _ := w.to.WriteBatch(msgs, 0) // what failed is dropped below, as a failed sendto drops it
 		if n > 0 && w.countTo != nil {
 			for _, m := range msgs[:n] {
 				w.countTo.countToPeer(len(m.Buffers[0]))
 			}
 		}
-		if err != nil && n <= 0 {
-			n = 1 // skip the datagram that failed
+		if n <= 0 {
+			n = 1 // skip the datagram that failed; every pass makes progress
 		}
 		msgs = msgs[n:]
 	}
