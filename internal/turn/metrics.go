@@ -10,6 +10,7 @@ import (
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/cpu"
 )
 
 // Auth failure reasons (metric label values).
@@ -26,19 +27,26 @@ var reasonNames = [numReasons]string{"malformed", "expired", "future", "integrit
 // counters are plain atomics so the per-packet paths only do atomic adds;
 // the collector turns them into Prometheus metrics at scrape time.
 type counters struct {
-	allocsCreated   atomic.Uint64
-	quotaPeer       atomic.Uint64
-	quotaIP         atomic.Uint64
-	quotaGlobal     atomic.Uint64
-	authFailures    [numReasons]atomic.Uint64
-	permsCreated    atomic.Uint64
-	permsDenied     atomic.Uint64
+	allocsCreated  atomic.Uint64
+	quotaPeer      atomic.Uint64
+	quotaIP        atomic.Uint64
+	quotaGlobal    atomic.Uint64
+	authFailures   [numReasons]atomic.Uint64
+	permsCreated   atomic.Uint64
+	permsDenied    atomic.Uint64
+	ownHostDropped atomic.Uint64
+	tcpRejected    atomic.Uint64
+
+	// Written for every relayed packet, by listener goroutines (to peer)
+	// and relay socket readers (from peer), usually on different cores: a
+	// cache line per direction, apart from the fields read per packet.
+	_               cpu.CacheLinePad
 	bytesToPeer     atomic.Uint64
-	bytesFromPeer   atomic.Uint64
 	packetsToPeer   atomic.Uint64
+	_               cpu.CacheLinePad
+	bytesFromPeer   atomic.Uint64
 	packetsFromPeer atomic.Uint64
-	ownHostDropped  atomic.Uint64
-	tcpRejected     atomic.Uint64
+	_               cpu.CacheLinePad
 }
 
 // Stats is a snapshot of the server's counters.
