@@ -180,3 +180,34 @@ func TestBatchReaderReleasesBeforeReuse(t *testing.T) {
 		}
 	}
 }
+
+// A wildcard TURN listener is a dual-stack IPv6 socket; sendmmsg from it
+// carries IPv4 client addresses.
+func TestBatchWriterOnDualStackListener(t *testing.T) {
+	socks, err := listenUDP("0.0.0.0", 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := socks[0].(*net.UDPConn)
+	defer out.Close()
+	rx, _ := udpPair(t)
+	to := rx.LocalAddr().(*net.UDPAddr)
+	w := newBatchWriter(8)
+	pc := ipv4.NewPacketConn(out)
+	want := []string{"one", "two", "three"}
+	for _, m := range want {
+		w.add(pc, out, nil, []byte(m), to)
+	}
+	if len(w.msgs) != len(want) {
+		t.Fatalf("%d queued, want one batch of %d", len(w.msgs), len(want))
+	}
+	w.flush()
+	_ = rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	for _, m := range want {
+		n, _, err := rx.ReadFrom(buf)
+		if err != nil || string(buf[:n]) != m {
+			t.Fatalf("got %q, %v; want %q", buf[:n], err, m)
+		}
+	}
+}
