@@ -657,25 +657,17 @@ func (s *Store) searchScan(ctx context.Context, q string) ([]Profile, error) {
 	if q == "" {
 		return []Profile{}, nil // LIKE '%%' would match everything
 	}
-	rows, err := s.stScan.QueryContext(ctx, q, likeSubstring(q))
+	ks, err := s.searchRows(s.stScan.QueryContext(ctx, q, likeSubstring(q)))
 	if err != nil {
-		return nil, s.classify("search", err)
-	}
-	ks, err := scanProfiles(rows, nil)
-	if err != nil {
-		return nil, s.classify("search", err)
+		return nil, err
 	}
 	return strip(ks), nil
 }
 
 func (s *Store) searchPeerOnly(ctx context.Context, q string) ([]Profile, error) {
-	rows, err := s.stPeer.QueryContext(ctx, q)
+	ks, err := s.searchRows(s.stPeer.QueryContext(ctx, q))
 	if err != nil {
-		return nil, s.classify("search", err)
-	}
-	ks, err := scanProfiles(rows, nil)
-	if err != nil {
-		return nil, s.classify("search", err)
+		return nil, err
 	}
 	return strip(ks), nil
 }
@@ -699,26 +691,31 @@ func (s *Store) searchIndex(ctx context.Context, q string) ([]Profile, error) {
 		return nil, s.classify("search", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	rows, err := tx.StmtContext(ctx, s.stIndex).QueryContext(ctx, ftsPhrase(q), likeSubstring(q))
+	ks, err := s.searchRows(tx.StmtContext(ctx, s.stIndex).QueryContext(ctx, ftsPhrase(q), likeSubstring(q)))
 	if err != nil {
-		return nil, s.classify("search", err)
+		return nil, err
 	}
-	ks, err := scanProfiles(rows, make([]keyed, 0, SearchLimit+1))
+	byID, err := s.searchRows(tx.StmtContext(ctx, s.stPeer).QueryContext(ctx, q))
 	if err != nil {
-		return nil, s.classify("search", err)
-	}
-	rows, err = tx.StmtContext(ctx, s.stPeer).QueryContext(ctx, q)
-	if err != nil {
-		return nil, s.classify("search", err)
-	}
-	byID, err := scanProfiles(rows, nil)
-	if err != nil {
-		return nil, s.classify("search", err)
+		return nil, err
 	}
 	for _, k := range byID {
 		ks = mergeKeyed(ks, k)
 	}
 	return strip(ks), nil
+}
+
+// searchRows reads the profiles of one search query (called with the
+// query's results); every failure is a classified "search" error.
+func (s *Store) searchRows(rows *sql.Rows, err error) ([]keyed, error) {
+	if err != nil {
+		return nil, s.classify("search", err)
+	}
+	ks, err := scanProfiles(rows, nil)
+	if err != nil {
+		return nil, s.classify("search", err)
+	}
+	return ks, nil
 }
 
 // mergeKeyed inserts k into ks (sorted by key, descending) unless present,
@@ -747,15 +744,11 @@ func mergeKeyed(ks []keyed, k keyed) []keyed {
 // baseline only (it treats % and _ as wildcards).
 func (s *Store) searchRustLike(ctx context.Context, q string) ([]Profile, error) {
 	q = normalizeQuery(q)
-	rows, err := s.r.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles
+	ks, err := s.searchRows(s.r.QueryContext(ctx, `SELECT `+profileCols+` FROM peer_profiles
         WHERE lower(display_name) LIKE lower(?1) OR peer_id = ?2
-        ORDER BY last_seen DESC LIMIT 20`, "%"+q+"%", q)
+        ORDER BY last_seen DESC LIMIT 20`, "%"+q+"%", q))
 	if err != nil {
-		return nil, s.classify("search", err)
-	}
-	ks, err := scanProfiles(rows, nil)
-	if err != nil {
-		return nil, s.classify("search", err)
+		return nil, err
 	}
 	return strip(ks), nil
 }
