@@ -156,8 +156,13 @@ func ctx10(t *testing.T) context.Context {
 // sealOwnRecord is the signed peer record a rendezvous client sends.
 func sealOwnRecord(t *testing.T, h host.Host) []byte {
 	t.Helper()
-	env, err := record.Seal(&peer.PeerRecord{PeerID: h.ID(), Addrs: h.Addrs(), Seq: uint64(time.Now().UnixNano())},
-		h.Peerstore().PrivKey(h.ID()))
+	return sealRecord(t, h, h.Addrs(), uint64(time.Now().UnixNano()))
+}
+
+// sealRecord signs h's peer record with these addresses.
+func sealRecord(t *testing.T, h host.Host, addrs []ma.Multiaddr, seq uint64) []byte {
+	t.Helper()
+	env, err := record.Seal(&peer.PeerRecord{PeerID: h.ID(), Addrs: addrs, Seq: seq}, h.Peerstore().PrivKey(h.ID()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -609,15 +614,7 @@ func sealBigRecord(t *testing.T, h host.Host, size int) []byte {
 		for i := range addrs {
 			addrs[i] = ma.StringCast(fmt.Sprintf("/ip4/198.51.%d.%d/tcp/%d", (i/250)%250, i%250+1, 1024+i))
 		}
-		env, err := record.Seal(&peer.PeerRecord{PeerID: h.ID(), Addrs: addrs, Seq: 1}, h.Peerstore().PrivKey(h.ID()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := env.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
+		return sealRecord(t, h, addrs, 1)
 	}
 	lo, hi := 0, size // lo fits; hi does not (an address costs > 1 byte)
 	for hi-lo > 1 {
