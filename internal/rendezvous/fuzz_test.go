@@ -17,7 +17,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/record"
 	"github.com/libp2p/go-msgio/pbio"
 	ma "github.com/multiformats/go-multiaddr"
 	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
@@ -67,15 +66,7 @@ func fuzzSeeds(f testing.TB) [][]byte {
 // the same bytes in every process.
 func sealFixed(t testing.TB, key crypto.PrivKey, id peer.ID, addrs []ma.Multiaddr) []byte {
 	t.Helper()
-	env, err := record.Seal(&peer.PeerRecord{PeerID: id, Addrs: addrs, Seq: 1}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := env.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return sealSeq(t, key, id, addrs, 1)
 }
 
 // checkResponse asserts what a rust client needs of an answer.

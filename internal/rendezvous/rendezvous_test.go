@@ -98,7 +98,12 @@ func clients(t testing.TB, server host.Host, n int) []host.Host {
 // sealRecord signs a peer record for id with key.
 func sealRecord(t testing.TB, key crypto.PrivKey, id peer.ID, addrs []ma.Multiaddr) []byte {
 	t.Helper()
-	env, err := record.Seal(&peer.PeerRecord{PeerID: id, Addrs: addrs, Seq: uint64(time.Now().UnixNano())}, key)
+	return sealSeq(t, key, id, addrs, uint64(time.Now().UnixNano()))
+}
+
+func sealSeq(t testing.TB, key crypto.PrivKey, id peer.ID, addrs []ma.Multiaddr, seq uint64) []byte {
+	t.Helper()
+	env, err := record.Seal(&peer.PeerRecord{PeerID: id, Addrs: addrs, Seq: seq}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
