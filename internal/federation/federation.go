@@ -1,12 +1,12 @@
-// Package federation gossips rendezvous registrations between peer relays
-// over gossipsub (SPEC §8), and keeps the configured peer relays connected.
+// Package federation runs the relay's gossipsub router: it gossips
+// rendezvous registrations between peer relays, forwards the clients'
+// topics (dusk/directory, dusk/sync) without interpreting them, and keeps
+// the configured peer relays connected (docs/PROTOCOLS.md, "Gossip").
 package federation
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +17,6 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -44,11 +43,32 @@ const (
 	// recheckInterval re-checks a connected peer relay in case a
 	// disconnect event was missed.
 	recheckInterval = 30 * time.Second
+
+	// Field caps for federation gossip: a peer id string is at most ~60
+	// characters, a rendezvous namespace at most 255 bytes (libp2p
+	// rendezvous spec). Longer values are not a registration.
+	maxPeerIDLen    = 128
+	maxNamespaceLen = 255
+
+	// HeartbeatInterval is the relay's gossipsub heartbeat. Clients treat
+	// the relay as an explicit peer and refuse its GRAFTs, so the relay
+	// reaches them only by IHAVE, sent once per heartbeat: delivery
+	// through the relay takes up to one heartbeat. Measured 1 s against
+	// the Rust relay's 10 s (README, "Gossip through the relay").
+	HeartbeatInterval = time.Second
+	// GossipFactor 1: every subscribed client gets the IHAVE at every
+	// heartbeat. With gossipsub's 0.25 a client would miss a message
+	// with probability 0.75^HistoryGossip (42 %) when no other path
+	// exists, as it does not between two clients behind the relay.
+	GossipFactor = 1.0
 )
 
 var (
 	// ErrMalformed is a gossip message that is not a valid registration.
 	ErrMalformed = errors.New("federation: malformed gossip")
+	// ErrNotMember is federation gossip from a peer (sender or author)
+	// that is not listed in DUSK_PEER_RELAYS.
+	ErrNotMember = errors.New("federation: not a configured peer relay")
 )
 
 // Gossip is the JSON message relays exchange, field order as the Rust
@@ -71,6 +91,12 @@ type options struct {
 	relayTopics []string
 	minBackoff  time.Duration
 	maxBackoff  time.Duration
+	tune        func(*pubsub.GossipSubParams)
+}
+
+// withParams adjusts the router parameters (measurement harness only).
+func withParams(fn func(*pubsub.GossipSubParams)) Option {
+	return func(o *options) { o.tune = fn }
 }
 
 // WithOnGossip calls fn for every valid registration received from another
@@ -78,9 +104,9 @@ type options struct {
 func WithOnGossip(fn func(Gossip)) Option { return func(o *options) { o.onGossip = fn } }
 
 // WithRelayTopics makes the relay a gossipsub forwarder (not a consumer)
-// for client topics. The later Rust relay (e91449f, 8ea6513) subscribes to
-// "dusk/directory" and "dusk/sync" so that two clients that reach each
-// other only through this relay still form a mesh on those topics.
+// for client topics: the Rust relay subscribes to "dusk/directory" and
+// "dusk/sync" so that two clients that reach each other only through the
+// relay still exchange those messages. Their content is never parsed.
 func WithRelayTopics(topics ...string) Option {
 	return func(o *options) {
 		for _, t := range topics {
@@ -108,7 +134,10 @@ type Federation struct {
 	self   peer.ID
 	opts   options
 	relays []peer.AddrInfo
-	m      *metrics
+	// members are the configured peer relays, the only peers whose
+	// federation gossip is accepted; read-only after New.
+	members map[peer.ID]struct{}
+	m       *metrics
 
 	ps        *pubsub.PubSub
 	topic     *pubsub.Topic
@@ -152,6 +181,8 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		queue:  make(chan Gossip, QueueSize),
 		wake:   make(map[peer.ID]chan struct{}),
 		online: make(map[peer.ID]bool),
+
+		members: make(map[peer.ID]struct{}),
 	}
 	for _, ai := range infos {
 		if ai.ID == f.self {
@@ -159,6 +190,7 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 			continue
 		}
 		f.relays = append(f.relays, ai)
+		f.members[ai.ID] = struct{}{}
 		f.wake[ai.ID] = make(chan struct{}, 1)
 	}
 	f.m.configured.Set(float64(len(f.relays)))
@@ -179,10 +211,20 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 	// We dial peer relays ourselves; pubsub's own first direct connect
 	// sleeps 1 s in a goroutine that ignores shutdown.
 	params.DirectConnectInitialDelay = 0
+	params.HeartbeatInterval = HeartbeatInterval
+	params.GossipFactor = GossipFactor
+	if o.tune != nil {
+		o.tune(&params)
+	}
+	topics := append([]string{Topic}, o.relayTopics...)
 	f.ps, err = pubsub.NewGossipSub(psCtx, h,
 		pubsub.WithGossipSubParams(params),
 		pubsub.WithMaxMessageSize(MaxMessageSize),
-		pubsub.WithMessageIdFn(messageID),
+		// The Rust relay's and the app's id: ids match across
+		// implementations, so an IHAVE never re-fetches a message the
+		// other side already has.
+		pubsub.WithMessageIdFn(MessageID),
+		pubsub.WithRawTracer(newTracer(f.m, topics)),
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		// rust-libp2p's default: our own registrations go to every
 		// subscribed peer at once, not only to the mesh, which is
@@ -196,7 +238,8 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		pubsub.WithDirectPeers(f.relays),
 		// Clients speak gossipsub on their own topics; do not track
 		// those (memory), only ours.
-		pubsub.WithSubscriptionFilter(pubsub.NewAllowlistSubscriptionFilter(append([]string{Topic}, o.relayTopics...)...)),
+		pubsub.WithSubscriptionFilter(pubsub.WrapLimitSubscriptionFilter(
+			pubsub.NewAllowlistSubscriptionFilter(topics...), maxSubscriptionsPerRPC)),
 	)
 	if err != nil {
 		return fail(fmt.Errorf("federation: gossipsub: %w", err))
@@ -326,18 +369,6 @@ func removeHandlers(h host.Host) {
 	}
 }
 
-// messageID identifies a message by its content and author. The Rust
-// relay hashes data (+ source since 8ea6513) with std's DefaultHasher,
-// which Go cannot reproduce; a content hash keeps the same semantics
-// (identical re-registrations from one relay dedupe) while IDs stay
-// local to each node's seen-cache.
-func messageID(m *pb.Message) string {
-	s := sha256.New()
-	s.Write(m.Data)
-	s.Write(m.From)
-	return hex.EncodeToString(s.Sum(nil))
-}
-
 // encode matches serde_json::to_vec: compact, declaration order, no HTML
 // escaping.
 func encode(g Gossip) ([]byte, error) {
@@ -365,22 +396,37 @@ func decode(data []byte) (Gossip, error) {
 	if raw.PeerID == nil || raw.Namespace == nil || raw.TTL == nil || raw.SourceRelay == nil {
 		return Gossip{}, fmt.Errorf("%w: missing field", ErrMalformed)
 	}
+	if len(*raw.PeerID) > maxPeerIDLen || len(*raw.Namespace) > maxNamespaceLen || len(*raw.SourceRelay) > maxPeerIDLen {
+		return Gossip{}, fmt.Errorf("%w: field too long", ErrMalformed)
+	}
 	return Gossip{PeerID: *raw.PeerID, Namespace: *raw.Namespace, TTL: *raw.TTL, SourceRelay: *raw.SourceRelay}, nil
 }
 
-// validate runs before delivery and forwarding: malformed gossip is
-// counted and not passed on to other relays.
+// validate runs before delivery and forwarding: only configured peer
+// relays may speak on the federation topic, both as the sender of the
+// RPC and as the signing author (any peer can publish on a topic, and a
+// member must not launder a stranger's message). Anything else, and
+// malformed gossip, is counted and not passed on.
 func (f *Federation) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	if from == f.self {
 		return pubsub.ValidationAccept // our own publication
+	}
+	author, aerr := peer.IDFromBytes(msg.From)
+	_, fromOK := f.members[from]
+	_, authorOK := f.members[author]
+	if aerr != nil || !fromOK || !authorOK {
+		f.m.foreign.Inc()
+		f.log.Debug("ignoring federation gossip from a peer not in DUSK_PEER_RELAYS",
+			zap.Stringer("from", from), zap.Int("bytes", len(msg.Data)), zap.Error(ErrNotMember))
+		return pubsub.ValidationReject
 	}
 	g, err := decode(msg.Data)
 	if err == nil {
 		// The message is signed by its author; a relay may only
 		// speak for itself (Rust relays always set source_relay to
 		// their own ID).
-		if author, aerr := peer.IDFromBytes(msg.From); aerr != nil || author.String() != g.SourceRelay {
-			err = fmt.Errorf("%w: source_relay %q is not the author", ErrMalformed, g.SourceRelay)
+		if author.String() != g.SourceRelay {
+			err = fmt.Errorf("%w: source_relay is not the author", ErrMalformed)
 		}
 	}
 	if err != nil {
@@ -408,7 +454,9 @@ func (f *Federation) receive() {
 			continue
 		}
 		f.m.received.Inc()
-		f.log.Info("received remote registration (clients should query that relay directly)",
+		// Debug: a peer relay can send many; the counter is the
+		// operator's view.
+		f.log.Debug("received remote registration (clients should query that relay directly)",
 			zap.String("namespace", g.Namespace), zap.String("peer", g.PeerID),
 			zap.String("source_relay", g.SourceRelay), zap.Uint64("ttl", g.TTL))
 		if f.opts.onGossip != nil {
@@ -562,8 +610,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 type metrics struct {
-	published, dropped, publishErr, received, malformed prometheus.Counter
-	online, configured                                  prometheus.Gauge
+	published, dropped, publishErr, received, malformed, foreign prometheus.Counter
+	online, configured                                           prometheus.Gauge
+	gossip                                                       gossipMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, log *zap.Logger) *metrics {
@@ -579,13 +628,15 @@ func newMetrics(reg prometheus.Registerer, log *zap.Logger) *metrics {
 		publishErr: c("publish_errors_total", "registrations gossipsub refused to publish"),
 		received:   c("received_total", "registrations received from other relays"),
 		malformed:  c("malformed_total", "federation gossip messages ignored as malformed"),
+		foreign:    c("foreign_total", "federation gossip messages refused because the sender or author is not in DUSK_PEER_RELAYS"),
 		online:     g("peer_relays_online", "configured peer relays currently connected"),
 		configured: g("peer_relays_configured", "peer relays listed in DUSK_PEER_RELAYS"),
+		gossip:     newGossipMetrics(),
 	}
 	if reg == nil {
 		return m
 	}
-	for _, col := range []prometheus.Collector{m.published, m.dropped, m.publishErr, m.received, m.malformed, m.online, m.configured} {
+	for _, col := range append([]prometheus.Collector{m.published, m.dropped, m.publishErr, m.received, m.malformed, m.foreign, m.online, m.configured}, m.gossip.collectors()...) {
 		if err := reg.Register(col); err != nil {
 			log.Warn("federation metrics not registered", zap.Error(err))
 		}

@@ -5,12 +5,12 @@ import (
 	"crypto/rand"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -168,21 +168,22 @@ func metricValue(m prometheus.Metric) float64 {
 	return out.Gauge.GetValue()
 }
 
-// TestThreeRelays: A↔B↔C configured through PeerRelays (each lists its
-// neighbours); a registration on A reaches B and C; B restarts with the
-// same key and port, A and C redial it, and gossip flows again.
+// TestThreeRelays: A, B and C each list the other two in PeerRelays (a
+// federation is a full mesh: gossip is accepted only from listed relays);
+// a registration on A reaches B and C; B restarts with the same key and
+// port, A and C redial it, and gossip flows again.
 func TestThreeRelays(t *testing.T) {
 	kA, kB, kC := newKey(t), newKey(t), newKey(t)
 	hA, hB, hC := newHost(t, kA, 0), newHost(t, kB, 0), newHost(t, kC, 0)
 	aA, aB, aC := addr(t, hA), addr(t, hB), addr(t, hC)
 	portB := port(t, hB)
 
-	a := start(t, kA, hA, aB)
+	a := start(t, kA, hA, aB, aC)
 	b := start(t, kB, hB, aA, aC)
-	c := start(t, kC, hC, aB)
+	c := start(t, kC, hC, aA, aB)
 
-	waitFor(t, "peer relays online", func() bool { return online(a) == 1 && online(b) == 2 && online(c) == 1 })
-	meshReady(t, [2]*relay{a, b}, [2]*relay{b, a}, [2]*relay{b, c}, [2]*relay{c, b})
+	waitFor(t, "peer relays online", func() bool { return online(a) == 2 && online(b) == 2 && online(c) == 2 })
+	meshReady(t, [2]*relay{a, b}, [2]*relay{b, a}, [2]*relay{b, c}, [2]*relay{c, b}, [2]*relay{a, c}, [2]*relay{c, a})
 
 	client := newKey(t)
 	clientID, _ := peer.IDFromPrivateKey(client)
@@ -194,8 +195,11 @@ func TestThreeRelays(t *testing.T) {
 			t.Fatalf("%s got %+v, want %+v", r.h.ID(), g, want)
 		}
 	}
-	if n := b.logs.FilterMessageSnippet("received remote registration").Len(); n != 1 {
-		t.Errorf("B logged %d received registrations, want 1", n)
+	if n := b.logs.FilterMessageSnippet("received remote registration").FilterLevelExact(zapcore.DebugLevel).Len(); n != 1 {
+		t.Errorf("B logged %d received registrations at debug, want 1", n)
+	}
+	if n := b.logs.FilterMessageSnippet("received remote registration").Filter(func(e observer.LoggedEntry) bool { return e.Level > zapcore.DebugLevel }).Len(); n != 0 {
+		t.Errorf("B logged %d received registrations above debug, want 0", n)
 	}
 	if got := metricValue(a.f.m.published); got != 1 {
 		t.Errorf("A published = %v, want 1", got)
@@ -203,16 +207,16 @@ func TestThreeRelays(t *testing.T) {
 
 	// B goes down: A and C notice.
 	b.stop()
-	waitFor(t, "A and C see B offline", func() bool { return online(a) == 0 && online(c) == 0 })
-	if a.logs.FilterMessage("peer relay disconnected: 0/1 peer relays online").Len() == 0 {
+	waitFor(t, "A and C see B offline", func() bool { return online(a) == 1 && online(c) == 1 })
+	if a.logs.FilterMessage("peer relay disconnected: 1/2 peer relays online").Len() == 0 {
 		t.Errorf("A did not log the disconnect with k/n")
 	}
 
 	// B comes back with the same identity on the same port.
 	hB2 := newHost(t, kB, portB)
 	b2 := start(t, kB, hB2, aA, aC)
-	waitFor(t, "federation back online", func() bool { return online(a) == 1 && online(b2) == 2 && online(c) == 1 })
-	if a.logs.FilterMessage("peer relay connected: 1/1 peer relays online").Len() < 2 {
+	waitFor(t, "federation back online", func() bool { return online(a) == 2 && online(b2) == 2 && online(c) == 2 })
+	if a.logs.FilterMessage("peer relay connected: 2/2 peer relays online").Len() < 2 {
 		t.Errorf("A did not log the reconnect with k/n")
 	}
 	meshReady(t, [2]*relay{a, b2}, [2]*relay{b2, a}, [2]*relay{b2, c}, [2]*relay{c, b2})
@@ -224,7 +228,7 @@ func TestThreeRelays(t *testing.T) {
 			t.Fatalf("%s got %+v", r.h.ID(), g)
 		}
 	}
-	// Gossip also flows the other way, from C through B to A.
+	// Gossip also flows the other way, from C to A.
 	c.f.Publish(clientID, "from-c", 2*time.Hour)
 	if g := receive(t, a, "from-c"); g.SourceRelay != hC.ID().String() {
 		t.Fatalf("A got %+v", g)
@@ -239,7 +243,8 @@ func TestThreeRelays(t *testing.T) {
 
 // TestRedialWhileDown: A lists B, which is down at first; A keeps redialing
 // with backoff and connects once B is up. B does not list A (a one-sided
-// configuration): gossip still reaches B, and B's own gossip reaches A.
+// configuration): B's gossip reaches A, but B refuses A's (A is not a
+// member for B) and counts it.
 func TestRedialWhileDown(t *testing.T) {
 	kA, kB := newKey(t), newKey(t)
 	// Reserve B's address, then take B down before A starts.
@@ -257,13 +262,16 @@ func TestRedialWhileDown(t *testing.T) {
 	meshReady(t, [2]*relay{a, b}, [2]*relay{b, a})
 
 	id, _ := peer.IDFromPrivateKey(newKey(t))
-	a.f.Publish(id, "to-b", 2*time.Hour)
-	if g := receive(t, b, "to-b"); g.SourceRelay != a.h.ID().String() {
-		t.Fatalf("B got %+v", g)
-	}
 	b.f.Publish(id, "to-a", 2*time.Hour)
 	if g := receive(t, a, "to-a"); g.SourceRelay != b.h.ID().String() {
 		t.Fatalf("A got %+v", g)
+	}
+	a.f.Publish(id, "to-b", 2*time.Hour)
+	waitFor(t, "B refuses A's gossip", func() bool { return metricValue(b.f.m.foreign) == 1 })
+	select {
+	case g := <-b.got:
+		t.Fatalf("B accepted gossip from a non-member: %+v", g)
+	default:
 	}
 	// Only the first failure is a warning.
 	if n := a.logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("unreachable").Len(); n != 1 {
@@ -276,9 +284,9 @@ func TestRedialWhileDown(t *testing.T) {
 // ignored without disturbing valid ones.
 func TestWireFormatAndMalformed(t *testing.T) {
 	kA := newKey(t)
-	a := start(t, kA, newHost(t, kA, 0))
-
 	hR := newHost(t, nil, 0)
+	a := start(t, kA, newHost(t, kA, 0), addr(t, hR))
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Flood publishing like a rust-libp2p relay (its default).
@@ -327,6 +335,8 @@ func TestWireFormatAndMalformed(t *testing.T) {
 		`{"peer_id":"x","namespace":"n","ttl":"1","source_relay":"` + hR.ID().String() + `"}`,
 		`{"peer_id":"x","namespace":"n","ttl":1,"source_relay":"` + a.h.ID().String() + `"}`, // spoofs A
 		`{"peer_id":"x","namespace":"n","ttl":1,"source_relay":"someone-else"}`,
+		`{"peer_id":"` + strings.Repeat("x", maxPeerIDLen+1) + `","namespace":"n","ttl":1,"source_relay":"` + hR.ID().String() + `"}`,
+		`{"peer_id":"x","namespace":"` + strings.Repeat("n", maxNamespaceLen+1) + `","ttl":1,"source_relay":"` + hR.ID().String() + `"}`,
 		``,
 	}
 	for _, b := range bad {
@@ -404,18 +414,6 @@ func TestDecode(t *testing.T) {
 		if (err == nil) != c.ok {
 			t.Errorf("%s: err %v, want ok=%v", c.in, err, c.ok)
 		}
-	}
-}
-
-func TestMessageID(t *testing.T) {
-	m1 := &pb.Message{Data: []byte("x"), From: []byte("a")}
-	m2 := &pb.Message{Data: []byte("x"), From: []byte("a"), Seqno: []byte{1}}
-	m3 := &pb.Message{Data: []byte("x"), From: []byte("b")}
-	if messageID(m1) != messageID(m2) {
-		t.Error("same data and author must give the same ID")
-	}
-	if messageID(m1) == messageID(m3) {
-		t.Error("different authors must give different IDs")
 	}
 }
 

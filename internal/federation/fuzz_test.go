@@ -6,6 +6,7 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
 
 	"github.com/duskchat/dusk-relay/internal/testutil"
@@ -31,7 +32,8 @@ func FuzzGossip(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	fed := &Federation{self: self, log: zap.NewNop(), m: newMetrics(nil, zap.NewNop())}
+	fed := &Federation{self: self, log: zap.NewNop(), m: newMetrics(nil, zap.NewNop()),
+		members: map[peer.ID]struct{}{author: {}}}
 	from := []byte(author)
 
 	f.Fuzz(func(t *testing.T, data []byte) {
