@@ -84,6 +84,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	if !cfg.PublicIPGuessed {
 		opts.PublicIP = cfg.PublicIP
 	}
+	// Built without listening: Listen comes after every handler below.
 	node, err := p2p.New(ctx, cfg.Relay, opts, key, log.Named("p2p"), reg)
 	if err != nil {
 		return fmt.Errorf("libp2p host: %w", err)
@@ -165,6 +166,11 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	onStop("rendezvous", closer(rdv.Close))
 	rdv.Attach(h)
 
+	// Every handler is attached and the directory is open: only now take
+	// connections, so no client is told "protocol not supported".
+	if err := node.Listen(ctx); err != nil {
+		return fmt.Errorf("libp2p host: %w", err)
+	}
 	printAddresses(stdout, node, h.ID())
 	if ops != nil {
 		ops.SetStarted(true)

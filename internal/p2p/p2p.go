@@ -76,6 +76,7 @@ type Node struct {
 
 	public     []ma.Multiaddr // announced addresses without port, see publicAddrs
 	listenPort atomic.Uint32
+	listening  atomic.Bool
 
 	conns        atomic.Int64
 	reservations atomic.Int64 // active, from the relay's own bookkeeping
@@ -93,8 +94,9 @@ type Node struct {
 	closeErr  error
 }
 
-// New starts the host, listens and starts the relay service. The context
-// bounds start-up only; call Close to stop.
+// New builds the host and the relay service without listening: attach the
+// other protocol handlers, then call Listen. The context bounds start-up
+// only; call Close to stop.
 func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey, log *zap.Logger, reg prometheus.Registerer) (*Node, error) {
 	if key == nil {
 		return nil, errors.New("p2p: nil private key")
@@ -196,9 +198,6 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
-	if err := n.listen(); err != nil {
-		return fail(err)
-	}
 
 	var inner relay.MetricsTracer
 	if reg != nil {
@@ -232,17 +231,35 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		zap.Duration("reservation_ttl", res.ReservationTTL),
 		zap.String("circuit_duration", unlimitedIfZero(cfg.CircuitDuration, cfg.CircuitDuration.String())),
 		zap.String("circuit_bytes", unlimitedIfZero(cfg.CircuitBytes, fmt.Sprint(cfg.CircuitBytes))))
-	for _, a := range h.Network().ListenAddresses() {
-		log.Info("listening", zap.Stringer("addr", a))
+	return n, nil
+}
+
+// Listen binds the listeners and logs the announced addresses. Call it
+// once every protocol handler is attached: a client connecting earlier
+// would be told "protocol not supported" and retry only at its next tick.
+// On error the node is left for Close.
+func (n *Node) Listen(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !n.listening.CompareAndSwap(false, true) {
+		return errors.New("p2p: Listen called twice")
+	}
+	if err := n.listen(); err != nil {
+		return err
+	}
+	id := n.h.ID().String()
+	for _, a := range n.h.Network().ListenAddresses() {
+		n.log.Info("listening", zap.Stringer("addr", a))
 	}
 	announced := n.AnnouncedAddrs()
 	if len(announced) == 0 {
-		log.Warn("no address to announce: relay reservations will be empty and rust clients will reject them")
+		n.log.Warn("no address to announce: relay reservations will be empty and rust clients will reject them")
 	}
 	for _, a := range announced {
-		log.Info("announced address", zap.String("addr", a.String()+"/p2p/"+h.ID().String()))
+		n.log.Info("announced address", zap.String("addr", a.String()+"/p2p/"+id))
 	}
-	return n, nil
+	return nil
 }
 
 // Host is the libp2p host, for the protocol handlers.

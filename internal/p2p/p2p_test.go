@@ -87,6 +87,9 @@ func startRelay(t testing.TB, o relayOpt) *Node {
 			t.Errorf("close relay: %v", err)
 		}
 	})
+	if err := n.Listen(ctx); err != nil {
+		t.Fatal(err)
+	}
 	return n
 }
 
@@ -898,8 +901,11 @@ func TestPortInUse(t *testing.T) {
 	cfg := defaults(t)
 	cfg.ListenAddrs = config.MultiaddrList{first.ListenAddrs()[0]}
 	n, err := New(context.Background(), cfg, Options{}, key, nil, nil)
-	if err == nil {
-		_ = n.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err = n.Listen(context.Background()); err == nil {
 		t.Fatalf("second relay started on %s", first.ListenAddrs()[0])
 	}
 	if !strings.Contains(err.Error(), first.ListenAddrs()[0].String()) {

@@ -49,6 +49,9 @@ func TestConnMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer node.Close()
+	if err := node.Listen(ctx); err != nil {
+		t.Fatal(err)
+	}
 	addr := node.ListenAddrs()[0]
 
 	var m0 runtime.MemStats
