@@ -152,7 +152,10 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	onStop("gif", closer(gifs.Close))
 	gifs.Attach(ctx, h)
 
-	fed, err := federation.New(ctx, h, cfg.Relay, log.Named("federation"), reg)
+	// The clients' topics are forwarded by default: two clients that reach
+	// each other only through this relay sync over it, as with the Rust relay.
+	fed, err := federation.New(ctx, h, cfg.Relay, log.Named("federation"), reg,
+		federation.WithRelayTopics(cfg.GossipClientTopics...))
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}

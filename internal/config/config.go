@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +20,10 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	ma "github.com/multiformats/go-multiaddr"
 )
+
+// federationTopic is the relays' own gossip topic (only peer relays may
+// publish there), never a forwarded client topic.
+const federationTopic = "dusk/relay/federation"
 
 // ErrInvalid marks configuration errors; main exits 2 on it.
 var ErrInvalid = errors.New("invalid configuration")
@@ -64,6 +69,7 @@ type Relay struct {
 	ExternalAddrs          MultiaddrList `envconfig:"DUSK_RELAY_EXTERNAL_ADDR" desc:"comma list of multiaddrs to announce (e.g. /dns4/relay.example.org/tcp/4001)"`
 	MaxConns               int           `envconfig:"DUSK_MAX_CONNECTIONS" default:"10000" desc:"max established connections"`
 	PeerRelays             MultiaddrList `envconfig:"DUSK_PEER_RELAYS" desc:"comma list of peer-relay multiaddrs (with /p2p/) for federation"`
+	GossipClientTopics     TopicList     `envconfig:"DUSK_GOSSIP_CLIENT_TOPICS" default:"dusk/directory,dusk/sync" desc:"comma list of client gossipsub topics the relay subscribes and forwards (empty or off: none)"`
 	MaxReservations        int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS" default:"128" desc:"relay v2: max reservations in total"`
 	MaxReservationsPerPeer int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS_PER_PEER" default:"4" desc:"relay v2: max reservations per peer"`
 	MaxCircuits            int           `envconfig:"DUSK_RELAY_MAX_CIRCUITS" default:"16" desc:"relay v2: max relayed circuits in total"`
@@ -193,6 +199,9 @@ func (c *Config) Validate() error {
 		if _, err := p.ValueForProtocol(ma.P_P2P); err != nil {
 			return bad("DUSK_PEER_RELAYS", p.String(), "peer relay address needs a /p2p/<peer id> component")
 		}
+	}
+	if slices.Contains(c.GossipClientTopics, federationTopic) {
+		return bad("DUSK_GOSSIP_CLIENT_TOPICS", federationTopic, "the federation topic is not a client topic")
 	}
 	for name, v := range map[string]int{
 		"DUSK_RELAY_MAX_RESERVATIONS":          c.MaxReservations,

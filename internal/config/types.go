@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	ma "github.com/multiformats/go-multiaddr"
@@ -87,6 +88,42 @@ func (l *PrefixList) Decode(v string) error {
 			return fmt.Errorf("bad CIDR %q: %w", s, err)
 		}
 		*l = append(*l, p.Masked())
+	}
+	return nil
+}
+
+// TopicList is a comma-separated list of gossipsub topics; "off" (or an
+// empty value) means none.
+type TopicList []string
+
+// maxTopics and maxTopicLen bound DUSK_GOSSIP_CLIENT_TOPICS: every topic
+// is tracked for every subscribed peer, and Dusk uses two.
+const (
+	maxTopics   = 16
+	maxTopicLen = 256
+)
+
+// Decode implements envconfig.Decoder.
+func (l *TopicList) Decode(v string) error {
+	*l = nil
+	if strings.EqualFold(strings.TrimSpace(v), "off") {
+		return nil
+	}
+	for _, s := range splitList(v) {
+		if len(s) > maxTopicLen {
+			return fmt.Errorf("topic longer than %d bytes", maxTopicLen)
+		}
+		for i := 0; i < len(s); i++ {
+			if s[i] <= ' ' || s[i] >= 0x7f {
+				return fmt.Errorf("topic %q: only printable ASCII without spaces", s)
+			}
+		}
+		if !slices.Contains(*l, s) {
+			*l = append(*l, s)
+		}
+	}
+	if len(*l) > maxTopics {
+		return fmt.Errorf("more than %d topics", maxTopics)
 	}
 	return nil
 }
