@@ -453,4 +453,3 @@ func TestCloseAfterContextCancel(t *testing.T) {
 	f.Publish(hB.ID(), "after-cancel", time.Hour) // must not block
 	_ = f.Close()
 }
-
