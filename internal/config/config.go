@@ -87,6 +87,10 @@ type Rendezvous struct {
 	MaxBytes    int64         `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES" default:"134217728" desc:"rendezvous: memory budget for live registrations in bytes (new registrations beyond it get E_UNAVAILABLE)"`
 }
 
+// minTURNBPS is the smallest DUSK_TURN_MAX_BPS accepted: an Opus voice
+// stream with its RTP/SRTP overhead needs ~8 KB/s.
+const minTURNBPS = 8000
+
 // TURN configures the in-process TURN/STUN server and the credentials it accepts.
 type TURN struct {
 	Enabled        Switch        `envconfig:"DUSK_TURN_ENABLED" default:"true" desc:"TURN server on; only false or 0 disable"`
@@ -101,7 +105,8 @@ type TURN struct {
 	PortRangeEnd   uint16        `envconfig:"DUSK_TURN_PORT_RANGE_END" default:"65535" desc:"last relay port (>= start)"`
 	MaxAllocations int           `envconfig:"DUSK_TURN_MAX_ALLOCATIONS" default:"1000" desc:"max TURN allocations in total"`
 	MaxPerUser     int           `envconfig:"DUSK_TURN_MAX_PER_USER" default:"10" desc:"max TURN allocations per peer ID"`
-	MaxPerIP       int           `envconfig:"DUSK_TURN_MAX_PER_IP" default:"100" desc:"max TURN allocations per client IP (/32 IPv4, /64 IPv6)"`
+	MaxPerIP       int           `envconfig:"DUSK_TURN_MAX_PER_IP" default:"40" desc:"max TURN allocations per client address prefix (/32 IPv4, /56 IPv6)"`
+	MaxBPS         int           `envconfig:"DUSK_TURN_MAX_BPS" default:"1000000" desc:"max relayed bytes/s per TURN allocation in each direction (0: no limit)"`
 	CredentialTTL  time.Duration `envconfig:"DUSK_TURN_CREDENTIAL_TTL" default:"24h" desc:"lifetime of issued TURN credentials"`
 	AllowPeers     PrefixList    `envconfig:"DUSK_TURN_ALLOW_PEERS" desc:"comma list of CIDRs TURN may relay to despite the built-in deny list"`
 	DenyPeers      PrefixList    `envconfig:"DUSK_TURN_DENY_PEERS" desc:"comma list of extra CIDRs TURN must not relay to"`
@@ -254,6 +259,10 @@ func (c *Config) Validate() error {
 	}
 	if c.CredentialTTL < time.Second {
 		return bad("DUSK_TURN_CREDENTIAL_TTL", c.CredentialTTL.String(), "must be >= 1s")
+	}
+	if c.MaxBPS != 0 && c.MaxBPS < minTURNBPS {
+		// Below a voice call's rate the limit only breaks calls.
+		return bad("DUSK_TURN_MAX_BPS", fmt.Sprint(c.MaxBPS), "must be 0 (no limit) or >= %d", minTURNBPS)
 	}
 	if c.Realm == "" {
 		return bad("DUSK_TURN_REALM", c.Realm, "must not be empty")

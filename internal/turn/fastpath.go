@@ -34,6 +34,7 @@ type boundChan struct {
 	peerUDP   *net.UDPAddr // the same two addresses made once, for sendmmsg
 	clientUDP *net.UDPAddr
 	relay     *relayConn
+	perm      *permEntry       // the peer's permission: channel data flows only while it lives
 	out       *ipv4.PacketConn // a TURN listener socket: they all share the address clients talk to
 	outUDP    *net.UDPConn     // the same socket
 }
@@ -108,6 +109,10 @@ func (c *relayConn) addChan(bc *boundChan) {
 	if c.chansClosed {
 		return
 	}
+	bc.perm = c.perms.ref(bc.peer.Addr(), c.s.clock.now())
+	if old := c.byPeerLocked()[bc.peer]; old != nil {
+		c.perms.unref(old.peer.Addr(), old.perm, c.s.clock.now())
+	}
 	m := make(map[netip.AddrPort]*boundChan, len(c.byPeerLocked())+1)
 	for k, v := range c.byPeerLocked() {
 		m[k] = v
@@ -133,6 +138,7 @@ func (c *relayConn) removeChan(key chanKey, peer netip.AddrPort) {
 	}
 	c.byPeer.Store(&m)
 	c.s.chans.m.CompareAndDelete(key, bc)
+	c.perms.unref(peer.Addr(), bc.perm, c.s.clock.now())
 }
 
 // dropChans forgets every channel of this relay; called once, on Close.

@@ -115,6 +115,7 @@ func TestChannelFastPathOwnHostGuard(t *testing.T) {
 	s := &Server{
 		filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")}),
 		relays: newRelaySet(),
+		clock:  newMonoClock(),
 	}
 	other := &relayConn{PacketConn: &recordConn{}, s: s, port: 49152}
 	s.relays.add(other)
@@ -124,10 +125,12 @@ func TestChannelFastPathOwnHostGuard(t *testing.T) {
 	}
 	_ = closed.Close()
 	c := &relayConn{PacketConn: closed, udp: closed, pc4: ipv4.NewPacketConn(closed), s: s}
+	permitForTest(c, "8.8.4.4")
 	w := newBatchWriter(listenerBatch)
 	send := func(dst string) {
 		ap := netip.MustParseAddrPort(dst)
-		c.queueToPeer(w, []byte("data"), &boundChan{peer: ap, peerUDP: net.UDPAddrFromAddrPort(ap), relay: c})
+		c.queueToPeer(w, []byte("data"), &boundChan{peer: ap, peerUDP: net.UDPAddrFromAddrPort(ap), relay: c,
+			perm: c.perms.ref(ap.Addr().Unmap(), s.clock.now())})
 	}
 	for _, dst := range []string{"8.8.4.4:22", "8.8.4.4:3478", "8.8.4.4:49153", "[::ffff:8.8.4.4]:53"} {
 		send(dst)

@@ -36,6 +36,8 @@ type counters struct {
 	permsDenied    atomic.Uint64
 	ownHostDropped atomic.Uint64
 	tcpRejected    atomic.Uint64
+	permDropped    atomic.Uint64 // channel data for a lapsed permission
+	rateDropped    atomic.Uint64 // over DUSK_TURN_MAX_BPS
 
 	// Written for every relayed packet, by listener goroutines (to peer)
 	// and relay socket readers (from peer), usually on different cores: a
@@ -59,6 +61,7 @@ type Stats struct {
 	BytesToPeer, BytesFromPeer            uint64
 	PacketsToPeer, PacketsFromPeer        uint64
 	OwnHostDropped                        uint64
+	PermissionDropped, RateDropped        uint64
 	TCPConns, TCPRejected                 uint64
 }
 
@@ -81,6 +84,7 @@ func newCollector(s *Server) *collector {
 		"bytes":             d("relayed_bytes_total", "UDP payload bytes relayed.", "direction"),
 		"packets":           d("relayed_packets_total", "UDP packets relayed.", "direction"),
 		"own_dropped":       d("own_host_dropped_packets_total", "Packets to this host outside the relay port range, dropped."),
+		"dropped":           d("dropped_packets_total", "Relayed packets dropped: permission lapsed (or never granted) or over DUSK_TURN_MAX_BPS.", "reason"),
 		"tcp":               d("tcp_connections", "TURN TCP connections open."),
 		"tcp_rejected":      d("tcp_rejected_connections_total", "TURN TCP connections closed at accept (connection caps)."),
 	}}
@@ -112,6 +116,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m("packets", prometheus.CounterValue, st.PacketsToPeer, "to_peer")
 	m("packets", prometheus.CounterValue, st.PacketsFromPeer, "from_peer")
 	m("own_dropped", prometheus.CounterValue, st.OwnHostDropped)
+	m("dropped", prometheus.CounterValue, st.PermissionDropped, "permission")
+	m("dropped", prometheus.CounterValue, st.RateDropped, "rate")
 	m("tcp", prometheus.GaugeValue, st.TCPConns)
 	m("tcp_rejected", prometheus.CounterValue, st.TCPRejected)
 }
@@ -167,6 +173,10 @@ type relayConn struct {
 	chanMu      sync.Mutex
 	chansClosed bool
 	byPeer      atomic.Pointer[map[netip.AddrPort]*boundChan] // copy on write, under chanMu
+
+	perms          permTable
+	budgetToPeer   bucket
+	budgetFromPeer bucket
 }
 
 // channelHeader is the ChannelData header length.
@@ -174,11 +184,16 @@ const channelHeader = 4
 
 func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	if c.udp == nil {
-		n, addr, err := c.PacketConn.ReadFrom(p)
-		if err == nil {
+		for {
+			n, addr, err := c.PacketConn.ReadFrom(p)
+			if err != nil {
+				return n, addr, err
+			}
 			c.countFromPeer(n)
+			if from, ok := unmappedAddrPort(addr); !ok || c.admitFromPeer(n, from, nil) {
+				return n, addr, err
+			}
 		}
-		return n, addr, err
 	}
 	if c.in == nil {
 		// Buffers as long as pion's, with room for the ChannelData header
@@ -199,16 +214,45 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 }
 
 // fromPeer relays a peer's datagram to the client as ChannelData when the
-// peer has a bound channel; anything else goes to pion.
+// peer has a bound channel; anything else that may pass goes to pion.
 func (c *relayConn) fromPeer(data, framed []byte, from netip.AddrPort) (keep bool) {
 	c.countFromPeer(len(data))
+	var bc *boundChan
 	if m := c.byPeer.Load(); m != nil {
-		if bc := (*m)[from]; bc != nil {
-			binary.BigEndian.PutUint16(framed[0:2], bc.key.number)
-			binary.BigEndian.PutUint16(framed[2:4], uint16(len(data)))
-			c.out.add(bc.out, bc.outUDP, nil, framed, bc.clientUDP)
-			return false
-		}
+		bc = (*m)[from]
+	}
+	if !c.admitFromPeer(len(data), from, bc) {
+		return false
+	}
+	if bc != nil {
+		binary.BigEndian.PutUint16(framed[0:2], bc.key.number)
+		binary.BigEndian.PutUint16(framed[2:4], uint16(len(data)))
+		c.out.add(bc.out, bc.outUDP, nil, framed, bc.clientUDP)
+		return false
+	}
+	return true
+}
+
+// admitFromPeer applies the permission and the bandwidth limit to n bytes
+// from a peer (bc: its bound channel, if any). Only permitted packets are
+// charged: strangers spraying the relay port cannot spend the budget.
+// Packets without a permission never reach pion, which would drop them
+// too (logging each).
+func (c *relayConn) admitFromPeer(n int, from netip.AddrPort, bc *boundChan) bool {
+	now := c.s.clock.now()
+	var ok bool
+	if bc != nil {
+		ok = bc.perm.live(now)
+	} else {
+		ok = c.perms.live(from.Addr(), now)
+	}
+	if !ok {
+		c.s.ctr.permDropped.Add(1)
+		return false
+	}
+	if !c.budgetFromPeer.take(&c.s.rate, now, n) {
+		c.s.ctr.rateDropped.Add(1)
+		return false
 	}
 	return true
 }
@@ -218,13 +262,26 @@ func (c *relayConn) countFromPeer(n int) {
 	c.s.ctr.bytesFromPeer.Add(uint64(n))
 }
 
+// WriteTo is pion's send to a peer (ChannelData from TCP clients or from
+// UDP clients before the fast path has the channel, Send indications).
+// Dropped packets report success: an error here only makes pion log per packet.
 func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if ua, ok := addr.(*net.UDPAddr); ok {
-		ap := ua.AddrPort()
-		if c.ownHostDenied(ap) {
-			// Report success: an error here only makes pion log per packet.
-			return len(p), nil
-		}
+	ap, ok := unmappedAddrPort(addr)
+	if !ok {
+		return len(p), nil // pion only relays to UDP peers
+	}
+	now := c.s.clock.now()
+	// pion checks the permission of Send indications, not of ChannelData.
+	if !c.perms.live(ap.Addr(), now) {
+		c.s.ctr.permDropped.Add(1)
+		return len(p), nil
+	}
+	if c.ownHostDenied(ap) {
+		return len(p), nil
+	}
+	if !c.budgetToPeer.take(&c.s.rate, now, len(p)) {
+		c.s.ctr.rateDropped.Add(1)
+		return len(p), nil
 	}
 	n, err := c.PacketConn.WriteTo(p, addr)
 	if err == nil {
@@ -236,7 +293,16 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 // queueToPeer is WriteTo for the channel fast path: p goes out with w's
 // next flush.
 func (c *relayConn) queueToPeer(w *batchWriter, p []byte, bc *boundChan) {
+	now := c.s.clock.now()
+	if !bc.perm.live(now) {
+		c.s.ctr.permDropped.Add(1)
+		return
+	}
 	if c.ownHostDenied(bc.peer) {
+		return
+	}
+	if !c.budgetToPeer.take(&c.s.rate, now, len(p)) {
+		c.s.ctr.rateDropped.Add(1)
 		return
 	}
 	w.add(c.pc4, c.udp, c, p, bc.peerUDP)

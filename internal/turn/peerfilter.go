@@ -1,8 +1,13 @@
 package turn
 
 import (
+	"maps"
 	"net"
 	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
 )
 
 // Verdict is the peer filter's answer for one address.
@@ -38,21 +43,22 @@ func (v Verdict) String() string {
 // (see Canonical), so the IPv4 entries also cover ::ffff:a.b.c.d etc.
 var builtinDeny = mustPrefixes(
 	// IPv4
-	"0.0.0.0/8",       // "this network"; 0.0.0.0 reaches localhost on Linux
-	"10.0.0.0/8",      // RFC 1918
-	"100.64.0.0/10",   // CGNAT (RFC 6598)
-	"127.0.0.0/8",     // loopback
-	"169.254.0.0/16",  // link-local, incl. cloud metadata 169.254.169.254
-	"172.16.0.0/12",   // RFC 1918
-	"192.0.0.0/24",    // IETF protocol assignments
-	"192.0.2.0/24",    // TEST-NET-1
-	"192.88.99.0/24",  // deprecated 6to4 relay anycast
-	"192.168.0.0/16",  // RFC 1918
-	"198.18.0.0/15",   // benchmarking
-	"198.51.100.0/24", // TEST-NET-2
-	"203.0.113.0/24",  // TEST-NET-3
-	"224.0.0.0/4",     // multicast
-	"240.0.0.0/4",     // reserved, incl. broadcast 255.255.255.255
+	"0.0.0.0/8",        // "this network"; 0.0.0.0 reaches localhost on Linux
+	"10.0.0.0/8",       // RFC 1918
+	"100.64.0.0/10",    // CGNAT (RFC 6598)
+	"127.0.0.0/8",      // loopback
+	"169.254.0.0/16",   // link-local, incl. cloud metadata 169.254.169.254
+	"168.63.129.16/32", // Azure platform DNS, DHCP and WireServer: reachable from every Azure VM, public-looking
+	"172.16.0.0/12",    // RFC 1918
+	"192.0.0.0/24",     // IETF protocol assignments
+	"192.0.2.0/24",     // TEST-NET-1
+	"192.88.99.0/24",   // deprecated 6to4 relay anycast
+	"192.168.0.0/16",   // RFC 1918
+	"198.18.0.0/15",    // benchmarking
+	"198.51.100.0/24",  // TEST-NET-2
+	"203.0.113.0/24",   // TEST-NET-3
+	"224.0.0.0/4",      // multicast
+	"240.0.0.0/4",      // reserved, incl. broadcast 255.255.255.255
 	// IPv6
 	"::/128",         // unspecified
 	"::1/128",        // loopback
@@ -110,12 +116,19 @@ func Canonical(a netip.Addr) netip.Addr {
 	return a
 }
 
-// PeerFilter decides which peer addresses allocations may relay to. It is
-// immutable after NewPeerFilter and safe for concurrent use.
+// PeerFilter decides which peer addresses allocations may relay to. The
+// configured lists are fixed at NewPeerFilter; the host's own addresses
+// can be replaced (SetOwn) while it is in use. Safe for concurrent use.
 type PeerFilter struct {
 	allow []netip.Prefix // DUSK_TURN_ALLOW_PEERS: overrides the built-in list
 	deny  []netip.Prefix // DUSK_TURN_DENY_PEERS: always wins
-	own   map[netip.Addr]struct{}
+	own   atomic.Pointer[ownSet]
+}
+
+// ownSet is one generation of the host's addresses, replaced whole so the
+// packet path reads it with one atomic load.
+type ownSet struct {
+	addrs map[netip.Addr]struct{}
 	// restricted: own addresses whose verdict is OwnHost (not overridden
 	// by the configured lists), precomputed for the per-packet check.
 	restricted map[netip.Addr]struct{}
@@ -128,20 +141,29 @@ func NewPeerFilter(allow, deny []netip.Prefix, own []netip.Addr) *PeerFilter {
 	f := &PeerFilter{
 		allow: canonicalPrefixes(allow),
 		deny:  canonicalPrefixes(deny),
-		own:   make(map[netip.Addr]struct{}, len(own)),
 	}
+	f.SetOwn(own)
+	return f
+}
+
+// SetOwn replaces the host's own addresses (interfaces change: DHCP, a
+// new IPv6 privacy address, a floating IP attached later) and reports
+// whether the set changed.
+func (f *PeerFilter) SetOwn(own []netip.Addr) (changed bool) {
+	o := &ownSet{addrs: make(map[netip.Addr]struct{}, len(own))}
 	for _, a := range own {
 		if a.IsValid() {
-			f.own[Canonical(a)] = struct{}{}
+			o.addrs[Canonical(a)] = struct{}{}
 		}
 	}
-	f.restricted = make(map[netip.Addr]struct{}, len(f.own))
-	for a := range f.own {
-		if f.Check(a) == OwnHost {
-			f.restricted[a] = struct{}{}
+	o.restricted = make(map[netip.Addr]struct{}, len(o.addrs))
+	for a := range o.addrs {
+		if f.verdict(a, o) == OwnHost {
+			o.restricted[a] = struct{}{}
 		}
 	}
-	return f
+	old := f.own.Swap(o)
+	return old == nil || !maps.Equal(old.addrs, o.addrs)
 }
 
 func canonicalPrefixes(ps []netip.Prefix) []netip.Prefix {
@@ -165,6 +187,10 @@ func (f *PeerFilter) Allowed(a netip.Addr) bool { return f.Check(a) == Allow }
 // Check classifies a. Order: invalid or unspecified (always denied) →
 // configured deny → configured allow → built-in deny → own host → allow.
 func (f *PeerFilter) Check(a netip.Addr) Verdict {
+	return f.verdict(a, f.own.Load())
+}
+
+func (f *PeerFilter) verdict(a netip.Addr, own *ownSet) Verdict {
 	if !a.IsValid() {
 		return Deny
 	}
@@ -182,7 +208,7 @@ func (f *PeerFilter) Check(a netip.Addr) Verdict {
 	if matchAny(builtinDeny, a, c) {
 		return Deny
 	}
-	if _, ok := f.own[c]; ok {
+	if _, ok := own.addrs[c]; ok {
 		return OwnHost
 	}
 	return Allow
@@ -191,10 +217,11 @@ func (f *PeerFilter) Check(a netip.Addr) Verdict {
 // ownRestricted reports whether packets to a are limited to relay sockets.
 // Allocation-free: called for every relayed packet.
 func (f *PeerFilter) ownRestricted(a netip.Addr) bool {
-	if len(f.restricted) == 0 {
+	o := f.own.Load()
+	if len(o.restricted) == 0 {
 		return false
 	}
-	_, ok := f.restricted[Canonical(a)]
+	_, ok := o.restricted[Canonical(a)]
 	return ok
 }
 
@@ -226,4 +253,41 @@ func hostAddrs(extra ...string) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// ownRefreshInterval is how often the host's addresses are re-read: a new
+// address (DHCP renewal, IPv6 privacy address, an attached floating IP)
+// stays reachable through the relay for at most this long.
+const ownRefreshInterval = 30 * time.Second
+
+// ownWatcher re-reads the host's addresses into a PeerFilter until closed.
+type ownWatcher struct {
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startOwnWatcher(f *PeerFilter, source func() []netip.Addr, every time.Duration, log *zap.Logger) *ownWatcher {
+	w := &ownWatcher{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-t.C:
+			}
+			if addrs := source(); f.SetOwn(addrs) {
+				// Only the host's own changes get here, at most once per tick.
+				log.Info("TURN own host addresses changed", zap.Int("addresses", len(addrs)))
+			}
+		}
+	}()
+	return w
+}
+
+func (w *ownWatcher) close() {
+	close(w.stop)
+	<-w.done
 }

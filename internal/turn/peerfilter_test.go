@@ -135,11 +135,13 @@ func TestRelayConnOwnHostGuard(t *testing.T) {
 	s := &Server{
 		filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")}),
 		relays: newRelaySet(),
+		clock:  newMonoClock(),
 	}
 	other := &relayConn{PacketConn: &recordConn{}, s: s, port: 49152} // another allocation's relay
 	s.relays.add(other)
 	rec := &recordConn{}
 	c := &relayConn{PacketConn: rec, s: s}
+	permitForTest(c, "8.8.4.4", "8.8.8.8")
 	for _, dst := range []string{"8.8.4.4:22", "8.8.4.4:3478", "8.8.4.4:49152", "8.8.4.4:49153", "8.8.8.8:22", "[::ffff:8.8.4.4]:53", "[::ffff:8.8.4.4]:49152"} {
 		ap := netip.MustParseAddrPort(dst)
 		if n, err := c.WriteTo([]byte("data"), net.UDPAddrFromAddrPort(ap)); n != 4 || err != nil {
@@ -164,8 +166,9 @@ func TestRelayConnOwnHostGuard(t *testing.T) {
 }
 
 func TestRelayConnAllocationFree(t *testing.T) {
-	s := &Server{filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")}), relays: newRelaySet()}
+	s := &Server{filter: NewPeerFilter(nil, nil, []netip.Addr{netip.MustParseAddr("8.8.4.4")}), relays: newRelaySet(), clock: newMonoClock()}
 	c := &relayConn{PacketConn: &recordConn{sent: make([]string, 0, 4096)}, s: s}
+	permitForTest(c, "8.8.4.4")
 	dropped := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("8.8.4.4:22"))
 	buf := []byte("payload")
 	if n := testing.AllocsPerRun(1000, func() { _, _ = c.WriteTo(buf, dropped) }); n != 0 {

@@ -66,10 +66,11 @@ func addrKey(a net.Addr) string {
 }
 
 // ipKey is the client address prefix an allocation counts against: /32
-// for IPv4 (IPv4-mapped IPv6 included), /64 for IPv6, since one IPv6
-// host usually holds a whole /64. An address that cannot be parsed (pion
-// always passes *net.UDPAddr or *net.TCPAddr) maps to the zero Prefix,
-// one shared bucket.
+// for IPv4 (IPv4-mapped IPv6 included), /56 for IPv6: ISPs delegate a /56
+// (often a /48) to one customer, so per /64 one subscriber would count as
+// up to 256 addresses. An address that cannot be parsed (pion always
+// passes *net.UDPAddr or *net.TCPAddr) maps to the zero Prefix, one shared
+// bucket.
 func ipKey(a net.Addr) netip.Prefix {
 	var ip netip.Addr
 	switch v := a.(type) {
@@ -84,7 +85,7 @@ func ipKey(a net.Addr) netip.Prefix {
 		}
 	}
 	ip = ip.Unmap().WithZone("")
-	bits := 64
+	bits := ipv6QuotaBits
 	if ip.Is4() {
 		bits = 32
 	}
@@ -94,6 +95,9 @@ func ipKey(a net.Addr) netip.Prefix {
 	}
 	return p
 }
+
+// ipv6QuotaBits is the IPv6 prefix length of ipKey.
+const ipv6QuotaBits = 56
 
 type quotaScope uint8
 

@@ -55,9 +55,11 @@ func TestIPKey(t *testing.T) {
 		{&net.UDPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 5}, "192.0.2.7/32"},
 		{&net.UDPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 5}, "192.0.2.7/32"},
 		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7).To4(), Port: 6}, "192.0.2.7/32"},
-		{&net.UDPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 5}, "2001:db8:1:2::/64"},
-		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::1"), Port: 5, Zone: "eth0"}, "2001:db8:1:2::/64"},
-		{&net.UDPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 5}, "2001:db8:1:3::/64"},
+		{&net.UDPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 5}, "2001:db8:1::/56"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::1"), Port: 5, Zone: "eth0"}, "2001:db8:1::/56"},
+		// Another /64 of the same /56 (one subscriber's delegation) shares the bucket.
+		{&net.UDPAddr{IP: net.ParseIP("2001:db8:1:ff::1"), Port: 5}, "2001:db8:1::/56"},
+		{&net.UDPAddr{IP: net.ParseIP("2001:db8:1:100::1"), Port: 5}, "2001:db8:1:100::/56"},
 		{&net.IPAddr{IP: net.IPv4(192, 0, 2, 7)}, "invalid Prefix"}, // no port: unparsable, shared bucket
 		{nil, "invalid Prefix"},
 	} {

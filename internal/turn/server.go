@@ -39,6 +39,11 @@ type Server struct {
 	ctr    counters
 	relays *relaySet
 	chans  chanTable // bound UDP channels, relayed without pion (fastpath.go)
+	clock  *monoClock
+	rate   rateLimit // per allocation and direction (allocguard.go)
+	// clients finds an allocation's relay socket by client address.
+	clients clientRelays
+	own     *ownWatcher
 
 	udp  []*udpListener
 	tcp  *tcpListener
@@ -110,6 +115,8 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		filter:  NewPeerFilter(cfg.AllowPeers, cfg.DenyPeers, hostAddrs(cfg.PublicIP, cfg.ListenIP)),
 		quota:   newQuota(cfg.MaxPerUser, cfg.MaxPerIP, cfg.MaxAllocations),
 		relays:  newRelaySet(),
+		clock:   newMonoClock(),
+		rate:    newRateLimit(cfg.MaxBPS),
 		authLog: newLimiter(time.Second),
 		permLog: newLimiter(time.Second),
 	}
@@ -152,6 +159,7 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 			OnAllocationDeleted: s.onAllocationDeleted,
 			OnAllocationError:   s.onAllocationError,
 			OnPermissionCreated: s.onPermissionCreated,
+			OnPermissionDeleted: s.onPermissionDeleted,
 			OnChannelCreated:    s.onChannelCreated,
 			OnChannelDeleted:    s.onChannelDeleted,
 		},
@@ -169,6 +177,8 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		}
 		s.reg = reg
 	}
+	s.own = startOwnWatcher(s.filter, func() []netip.Addr { return hostAddrs(cfg.PublicIP, cfg.ListenIP) },
+		ownRefreshInterval, log)
 	log.Info("TURN server listening",
 		zap.Stringer("udp", s.UDPAddr()), zap.Int("udp_sockets", len(s.udp)),
 		zap.Stringer("tcp", s.TCPAddr()),
@@ -176,7 +186,7 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		zap.String("relay_ports", fmt.Sprintf("%d-%d", cfg.PortRangeStart, cfg.PortRangeEnd)),
 		zap.String("realm", cfg.Realm),
 		zap.Int("max_allocations", cfg.MaxAllocations), zap.Int("max_per_peer", cfg.MaxPerUser),
-		zap.Int("max_per_ip", cfg.MaxPerIP),
+		zap.Int("max_per_ip", cfg.MaxPerIP), zap.Int("max_bps", cfg.MaxBPS),
 		zap.Int("deny_peers", len(cfg.DenyPeers)))
 	if len(cfg.AllowPeers) > 0 {
 		allowed := make([]string, len(cfg.AllowPeers))
@@ -304,6 +314,9 @@ func (s *Server) listenerTrouble(network string, err error) {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		if s.own != nil {
+			s.own.close()
+		}
 		if s.reg != nil {
 			s.reg.Unregister(s.collector)
 		}
@@ -350,6 +363,8 @@ func (s *Server) Stats() Stats {
 		PacketsToPeer:      s.ctr.packetsToPeer.Load(),
 		PacketsFromPeer:    s.ctr.packetsFromPeer.Load(),
 		OwnHostDropped:     s.ctr.ownHostDropped.Load(),
+		PermissionDropped:  s.ctr.permDropped.Load(),
+		RateDropped:        s.ctr.rateDropped.Load(),
 		TCPConns:           uint64(s.tcp.count()),
 		TCPRejected:        s.ctr.tcpRejected.Load(),
 	}
@@ -400,6 +415,9 @@ func (s *Server) admitAllocation(username, _ string, src net.Addr) bool {
 
 func (s *Server) onAllocationCreated(src, _ net.Addr, _, username, _ string, relay net.Addr, _ int) {
 	s.quota.created(peerOf(username), addrKey(src), ipKey(src))
+	if rc := s.relayOf(relay); rc != nil {
+		s.clients.set(addrKey(src), rc)
+	}
 	s.ctr.allocsCreated.Add(1)
 	s.log.Debug("TURN allocation created", zap.String("peer", peerOf(username)),
 		zap.Stringer("client", src), zap.Stringer("relay", relay))
@@ -407,6 +425,7 @@ func (s *Server) onAllocationCreated(src, _ net.Addr, _, username, _ string, rel
 
 func (s *Server) onAllocationDeleted(src, _ net.Addr, _, username, _ string) {
 	s.quota.deleted(peerOf(username), addrKey(src), ipKey(src))
+	s.clients.remove(addrKey(src))
 	s.log.Debug("TURN allocation deleted", zap.String("peer", peerOf(username)), zap.Stringer("client", src))
 }
 
@@ -414,15 +433,13 @@ func (s *Server) onAllocationError(src, _ net.Addr, _, _ string) {
 	s.quota.failed(addrKey(src))
 }
 
-func (s *Server) onPermissionCreated(_, _ net.Addr, _, _, _ string, _ net.Addr, _ net.IP) {
-	s.ctr.permsCreated.Add(1)
-}
-
 // permit is pion's PermissionHandler for CreatePermission and ChannelBind.
 func (s *Server) permit(client net.Addr, peerIP net.IP) bool {
 	ip, ok := netip.AddrFromSlice(peerIP)
 	if ok {
 		if v := s.filter.Check(ip); v == Allow || v == OwnHost {
+			// pion grants or refreshes the permission right after this.
+			s.touchPermission(s.clients.get(addrKey(client)), peerIP)
 			return true
 		}
 	}
