@@ -100,7 +100,7 @@ func RedisURL(t testing.TB) (redisURL, prefix string) {
 	if base == "" {
 		base = defaultRedisURL
 	}
-	if err := redisDo(base, "PING"); err != nil {
+	if _, err := redisDo(base, "PING"); err != nil {
 		engineMissing(t, "Redis", RedisURLEnv, redactURL(base), err)
 	}
 	prefix = randomName("dusk_test_") + ":"
@@ -111,7 +111,7 @@ for _, p in ipairs(ARGV) do
   for _, k in ipairs(redis.call('KEYS', p)) do redis.call('DEL', k); n = n + 1 end
 end
 return n`
-		if err := redisDo(base, "EVAL", script, "0", prefix+"*", "*"+prefix+"*"); err != nil {
+		if _, err := redisDo(base, "EVAL", script, "0", prefix+"*", "*"+prefix+"*"); err != nil {
 			t.Logf("redis cleanup of %s*: %v", prefix, err)
 		}
 	})
@@ -119,15 +119,15 @@ return n`
 }
 
 // redisDo sends one command (after AUTH/SELECT from the URL) over a fresh
-// connection and fails on an error reply. A few lines of RESP keep this
-// package free of a Redis client.
-func redisDo(rawURL string, args ...string) error {
+// connection and returns the first line of its reply, failing on an error
+// reply. A few lines of RESP keep this package free of a Redis client.
+func redisDo(rawURL string, args ...string) (string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("parse URL: %w", err)
+		return "", fmt.Errorf("parse URL: %w", err)
 	}
 	if u.Scheme != "redis" {
-		return fmt.Errorf("scheme %q: want redis://", u.Scheme)
+		return "", fmt.Errorf("scheme %q: want redis://", u.Scheme)
 	}
 	host := u.Host
 	if u.Port() == "" {
@@ -135,7 +135,7 @@ func redisDo(rawURL string, args ...string) error {
 	}
 	conn, err := net.DialTimeout("tcp", host, 3*time.Second)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
@@ -157,22 +157,20 @@ func redisDo(rawURL string, args ...string) error {
 		}
 	}
 	if _, err := conn.Write([]byte(b.String())); err != nil {
-		return err
+		return "", err
 	}
 	r := bufio.NewReader(conn)
+	var line string
 	for range cmds {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return err
+		if line, err = r.ReadString('\n'); err != nil {
+			return "", err
 		}
+		line = strings.TrimSpace(line)
 		if strings.HasPrefix(line, "-") {
-			return fmt.Errorf("redis: %s", strings.TrimSpace(line[1:]))
+			return "", fmt.Errorf("redis: %s", line[1:])
 		}
-		// Only simple replies are expected (+OK, +PONG, :n); a bulk or
-		// array reply ends the exchange, its content is not needed.
-		if line[0] == '$' || line[0] == '*' {
-			return nil
-		}
+		// AUTH and SELECT answer +OK; only the last reply is returned
+		// (its first line: enough for +PONG, :n or $len).
 	}
-	return nil
+	return line, nil
 }
