@@ -87,10 +87,6 @@ type Rendezvous struct {
 	MaxBytes    int64         `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES" default:"134217728" desc:"rendezvous: memory budget for live registrations in bytes (new registrations beyond it get E_UNAVAILABLE)"`
 }
 
-// minTURNBPS is the smallest DUSK_TURN_MAX_BPS accepted: an Opus voice
-// stream with its RTP/SRTP overhead needs ~8 KB/s.
-const minTURNBPS = 8000
-
 // TURN configures the in-process TURN/STUN server and the credentials it accepts.
 type TURN struct {
 	Enabled        Switch        `envconfig:"DUSK_TURN_ENABLED" default:"true" desc:"TURN server on; only false or 0 disable"`
@@ -105,8 +101,7 @@ type TURN struct {
 	PortRangeEnd   uint16        `envconfig:"DUSK_TURN_PORT_RANGE_END" default:"65535" desc:"last relay port (>= start)"`
 	MaxAllocations int           `envconfig:"DUSK_TURN_MAX_ALLOCATIONS" default:"1000" desc:"max TURN allocations in total"`
 	MaxPerUser     int           `envconfig:"DUSK_TURN_MAX_PER_USER" default:"10" desc:"max TURN allocations per peer ID"`
-	MaxPerIP       int           `envconfig:"DUSK_TURN_MAX_PER_IP" default:"40" desc:"max TURN allocations per client address prefix (/32 IPv4, /56 IPv6)"`
-	MaxBPS         int           `envconfig:"DUSK_TURN_MAX_BPS" default:"1000000" desc:"max relayed bytes/s per TURN allocation in each direction (0: no limit)"`
+	MaxPerIP       int           `envconfig:"DUSK_TURN_MAX_PER_IP" default:"100" desc:"max TURN allocations per client IP (/32 IPv4, /64 IPv6)"`
 	CredentialTTL  time.Duration `envconfig:"DUSK_TURN_CREDENTIAL_TTL" default:"24h" desc:"lifetime of issued TURN credentials"`
 	AllowPeers     PrefixList    `envconfig:"DUSK_TURN_ALLOW_PEERS" desc:"comma list of CIDRs TURN may relay to despite the built-in deny list"`
 	DenyPeers      PrefixList    `envconfig:"DUSK_TURN_DENY_PEERS" desc:"comma list of extra CIDRs TURN must not relay to"`
@@ -119,14 +114,21 @@ type TURN struct {
 
 // Gif configures the /dusk/gif/1.0.0 upstream.
 type Gif struct {
-	KlipyAPIKey  string `envconfig:"KLIPY_API_KEY" desc:"Klipy API key (unset: gif searches return empty results)"`
-	KlipyTestKey Flag   `envconfig:"KLIPY_TEST_KEY" desc:"true or 1: test key, at most 100 upstream calls per 60 s"`
-	GifAPIBase   string `envconfig:"DUSK_GIF_API_BASE" default:"https://api.klipy.com/v2" desc:"Klipy API base URL"`
+	KlipyAPIKey                 string `envconfig:"KLIPY_API_KEY" desc:"Klipy API key (unset: gif searches return empty results)"`
+	KlipyTestKey                Flag   `envconfig:"KLIPY_TEST_KEY" desc:"true or 1: test key, at most 100 upstream calls per 60 s"`
+	GifAPIBase                  string `envconfig:"DUSK_GIF_API_BASE" default:"https://api.klipy.com/v2" desc:"Klipy API base URL"`
+	GifCacheBytes               int64  `envconfig:"DUSK_GIF_CACHE_BYTES" default:"16777216" desc:"gif: result cache budget in bytes (oldest entries go first beyond it)"`
+	GifUpstreamPerMinute        int    `envconfig:"DUSK_GIF_UPSTREAM_PER_MINUTE" default:"600" desc:"gif: Klipy calls (cache misses) allowed per minute in total (burst a tenth); KLIPY_TEST_KEY still caps at 100 per 60 s"`
+	GifUpstreamPerPeerPerMinute int    `envconfig:"DUSK_GIF_UPSTREAM_PER_PEER_PER_MINUTE" default:"30" desc:"gif: Klipy calls one peer may cause per minute (burst the same; ten times that per source address, IPv4 /32 or IPv6 /56)"`
 }
 
 // Directory configures the profile directory.
 type Directory struct {
-	DirectoryRegisterPerMinute int `envconfig:"DUSK_DIRECTORY_REGISTER_PER_MINUTE" default:"30" desc:"directory: Register requests allowed per peer per minute (burst the same)"`
+	DirectoryRegisterPerMinute        int           `envconfig:"DUSK_DIRECTORY_REGISTER_PER_MINUTE" default:"30" desc:"directory: Register requests allowed per peer per minute (burst the same)"`
+	DirectoryRegisterPerAddrPerMinute int           `envconfig:"DUSK_DIRECTORY_REGISTER_PER_ADDR_PER_MINUTE" default:"120" desc:"directory: profile writes allowed per source address (IPv4 /32, IPv6 /56) per minute (burst the same); unchanged refreshes are not writes"`
+	DirectorySearchPerMinute          int           `envconfig:"DUSK_DIRECTORY_SEARCH_PER_MINUTE" default:"60" desc:"directory: Search requests allowed per peer per minute (burst the same; ten times that per source address)"`
+	DirectoryMaxRows                  int64         `envconfig:"DUSK_DIRECTORY_MAX_ROWS" default:"1000000" desc:"directory: most profiles kept; beyond it the profiles seen longest ago are evicted"`
+	DirectoryExpiry                   time.Duration `envconfig:"DUSK_DIRECTORY_EXPIRY" default:"720h" desc:"directory: profiles not refreshed for this long are deleted (clients refresh every 2 min while online)"`
 }
 
 // Metrics configures the HTTP operations endpoint.
@@ -209,16 +211,20 @@ func (c *Config) Validate() error {
 		return bad("DUSK_GOSSIP_CLIENT_TOPICS", federationTopic, "the federation topic is not a client topic")
 	}
 	for name, v := range map[string]int{
-		"DUSK_RELAY_MAX_RESERVATIONS":          c.MaxReservations,
-		"DUSK_RELAY_MAX_RESERVATIONS_PER_PEER": c.MaxReservationsPerPeer,
-		"DUSK_RELAY_MAX_CIRCUITS":              c.MaxCircuits,
-		"DUSK_RELAY_MAX_CIRCUITS_PER_PEER":     c.MaxCircuitsPerPeer,
-		"DUSK_RENDEZVOUS_MAX_DISCOVER":         c.MaxDiscover,
-		"DUSK_TURN_MAX_ALLOCATIONS":            c.MaxAllocations,
-		"DUSK_TURN_MAX_PER_USER":               c.MaxPerUser,
-		"DUSK_TURN_MAX_PER_IP":                 c.MaxPerIP,
-		"DUSK_TURN_UDP_THREADS":                c.UDPThreads,
-		"DUSK_DIRECTORY_REGISTER_PER_MINUTE":   c.DirectoryRegisterPerMinute,
+		"DUSK_RELAY_MAX_RESERVATIONS":                 c.MaxReservations,
+		"DUSK_RELAY_MAX_RESERVATIONS_PER_PEER":        c.MaxReservationsPerPeer,
+		"DUSK_RELAY_MAX_CIRCUITS":                     c.MaxCircuits,
+		"DUSK_RELAY_MAX_CIRCUITS_PER_PEER":            c.MaxCircuitsPerPeer,
+		"DUSK_RENDEZVOUS_MAX_DISCOVER":                c.MaxDiscover,
+		"DUSK_TURN_MAX_ALLOCATIONS":                   c.MaxAllocations,
+		"DUSK_TURN_MAX_PER_USER":                      c.MaxPerUser,
+		"DUSK_TURN_MAX_PER_IP":                        c.MaxPerIP,
+		"DUSK_TURN_UDP_THREADS":                       c.UDPThreads,
+		"DUSK_DIRECTORY_REGISTER_PER_MINUTE":          c.DirectoryRegisterPerMinute,
+		"DUSK_DIRECTORY_REGISTER_PER_ADDR_PER_MINUTE": c.DirectoryRegisterPerAddrPerMinute,
+		"DUSK_DIRECTORY_SEARCH_PER_MINUTE":            c.DirectorySearchPerMinute,
+		"DUSK_GIF_UPSTREAM_PER_MINUTE":                c.GifUpstreamPerMinute,
+		"DUSK_GIF_UPSTREAM_PER_PEER_PER_MINUTE":       c.GifUpstreamPerPeerPerMinute,
 	} {
 		if v < 1 {
 			return bad(name, fmt.Sprint(v), "must be >= 1")
@@ -260,15 +266,21 @@ func (c *Config) Validate() error {
 	if c.CredentialTTL < time.Second {
 		return bad("DUSK_TURN_CREDENTIAL_TTL", c.CredentialTTL.String(), "must be >= 1s")
 	}
-	if c.MaxBPS != 0 && c.MaxBPS < minTURNBPS {
-		// Below a voice call's rate the limit only breaks calls.
-		return bad("DUSK_TURN_MAX_BPS", fmt.Sprint(c.MaxBPS), "must be 0 (no limit) or >= %d", minTURNBPS)
-	}
 	if c.Realm == "" {
 		return bad("DUSK_TURN_REALM", c.Realm, "must not be empty")
 	}
 	if !strings.HasPrefix(c.GifAPIBase, "http://") && !strings.HasPrefix(c.GifAPIBase, "https://") {
 		return bad("DUSK_GIF_API_BASE", c.GifAPIBase, "want an http(s) URL")
+	}
+	if c.GifCacheBytes < 64<<10 {
+		return bad("DUSK_GIF_CACHE_BYTES", fmt.Sprint(c.GifCacheBytes), "must be >= 65536")
+	}
+	if c.DirectoryMaxRows < 1 {
+		return bad("DUSK_DIRECTORY_MAX_ROWS", fmt.Sprint(c.DirectoryMaxRows), "must be >= 1")
+	}
+	if c.DirectoryExpiry < time.Hour {
+		// Must stay far above the clients' 2-minute refresh.
+		return bad("DUSK_DIRECTORY_EXPIRY", c.DirectoryExpiry.String(), "must be >= 1h")
 	}
 	if c.MetricsEnabled() {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

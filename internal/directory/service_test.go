@@ -157,7 +157,7 @@ func TestEndToEndTwoClients(t *testing.T) {
 		}
 	}
 	mfs, err := reg.Gather()
-	if err != nil || len(mfs) != 1 || mfs[0].GetName() != "dusk_directory_ops_total" || len(mfs[0].GetMetric()) != 5 {
+	if err != nil || len(mfs) != 2 || mfs[0].GetName() != "dusk_directory_ops_total" || len(mfs[0].GetMetric()) != 5 {
 		t.Errorf("gathered %v (%v)", mfs, err)
 	}
 }
@@ -216,31 +216,6 @@ func TestRegisterRateLimit(t *testing.T) {
 	}
 }
 
-func TestLimiterBounded(t *testing.T) {
-	l := newLimiter(1, 2, 100)
-	now := time.Unix(1000, 0)
-	for i := 0; i < 1000; i++ {
-		p := peer.ID(fmt.Sprintf("p%d", i))
-		if !l.allow(p, now) {
-			t.Fatalf("fresh peer %d refused", i)
-		}
-		if l.size() > 100 {
-			t.Fatalf("map grew to %d", l.size())
-		}
-	}
-	// Idle (refilled) buckets are the first to go.
-	now = now.Add(time.Hour)
-	l.allow("new", now)
-	if l.size() != 1 {
-		t.Fatalf("after idle sweep: %d buckets", l.size())
-	}
-	// Clock stepping back never mints tokens.
-	l2 := newLimiter(1, 1, 10)
-	if !l2.allow("x", now) || l2.allow("x", now.Add(-time.Hour)) {
-		t.Fatal("clock step back")
-	}
-}
-
 func TestStorageErrorIsInternal(t *testing.T) {
 	ctx := context.Background()
 	reqs := []Request{
@@ -263,7 +238,8 @@ func TestStorageErrorIsInternal(t *testing.T) {
 			t.Fatalf("%v with a broken table: %#v", req.Kind, r)
 		}
 	}
-	if logs.Len() != len(reqs) || !strings.Contains(fmt.Sprint(logs.All()[0].Context), "no such table") {
+	// One line, not one per request: any peer can send requests.
+	if logs.Len() != 1 || !strings.Contains(fmt.Sprint(logs.All()[0].Context), "no such table") {
 		t.Fatalf("error logs: %d %v", logs.Len(), logs.All())
 	}
 	// After Close (shutdown race): same answer, no error-level log.

@@ -71,14 +71,14 @@ func FuzzGifRequest(f *testing.F) {
 		if q.Get("key") != withKey.key {
 			t.Fatalf("key mangled in %s", u)
 		}
-		if n, err := strconv.Atoi(q.Get("limit")); err != nil || n < 0 || n > MaxLimit || n > int(req.Limit) {
+		if n, err := strconv.Atoi(q.Get("limit")); err != nil || n < 1 || n > MaxLimit || n > max(int(req.Limit), 1) {
 			t.Fatalf("limit %q for request limit %d", q.Get("limit"), req.Limit)
 		}
 		search := req.Kind == "search" && strings.TrimSpace(req.Query) != ""
 		if search != strings.HasSuffix(u.Path, "/search") {
 			t.Fatalf("path %s for %+v", u.Path, req)
 		}
-		if search && q.Get("q") != req.Query {
+		if c := Canonical(req); search && (q.Get("q") != c.Query || len(c.Query) > MaxQueryBytes || c.Query == "") {
 			t.Fatalf("query %q became %q", req.Query, q.Get("q"))
 		}
 	})

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -36,15 +37,29 @@ const (
 	SearchTTL   = 30 * time.Minute
 	// EvictInterval is how often expired entries are dropped.
 	EvictInterval = 5 * time.Minute
-	// MaxCacheEntries bounds memory: the Rust cache grew without limit
-	// within a TTL window; a client cycling queries could fill it.
-	MaxCacheEntries = 10000
+	// MaxCacheEntries bounds the number of entries; DefaultCacheBytes
+	// (DUSK_GIF_CACHE_BYTES) bounds their size. The Rust cache grew
+	// without limit within a TTL window.
+	MaxCacheEntries   = 10000
+	DefaultCacheBytes = 16 << 20
+	// MaxQueryBytes caps the search text after trimming and lower-casing:
+	// it is part of the cache key and of the upstream URL, and no GIF
+	// search needs more.
+	MaxQueryBytes = 256
+	// MaxRequestSize caps a request on the wire: kind, a query and a limit
+	// are well under 1 KiB; a longer query is cut to MaxQueryBytes anyway.
+	MaxRequestSize = 4 << 10
 	// UpstreamTimeout bounds one Klipy call.
 	UpstreamTimeout = 5 * time.Second
 	// MaxUpstreamBody bounds how much of a Klipy response is read.
 	MaxUpstreamBody = 4 << 20
-	// MaxLimit is the largest page size asked from Klipy.
+	// MaxLimit is the largest page size asked from Klipy; requests are
+	// clamped to 1..MaxLimit before keying.
 	MaxLimit = 50
+	// failLogEvery spaces "klipy request failed" warnings.
+	failLogEvery = time.Minute
+	// maxTrackedKeys bounds each per-peer/per-address limiter table.
+	maxTrackedKeys = 16384
 	// TestKeyMaxCalls per TestKeyWindow is Klipy's test-tier budget.
 	TestKeyMaxCalls = 100
 	TestKeyWindow   = 60 * time.Second
@@ -91,9 +106,15 @@ type Service struct {
 	ownHTTP bool
 	now     func() time.Time
 	limiter *limiter // nil unless KLIPY_TEST_KEY
-	cache   *cache
-	flight  singleflight.Group
-	m       *metrics
+	// Token buckets on upstream calls (cache misses); nil: unlimited.
+	upAll, upPeer, upAddr *reqresp.Limiter
+	cache                 *cache
+
+	failMu         sync.Mutex
+	failLast       time.Time
+	failSuppressed int
+	flight         singleflight.Group
+	m              *metrics
 
 	ctx    context.Context // cancelled by Close; aborts upstream calls
 	cancel context.CancelFunc
@@ -128,7 +149,19 @@ func New(cfg config.Gif, log *zap.Logger, reg prometheus.Registerer, opts ...Opt
 		s.client = &http.Client{Timeout: UpstreamTimeout, Transport: tr}
 		s.ownHTTP = true
 	}
-	s.cache = newCache(MaxCacheEntries)
+	budget := cfg.GifCacheBytes
+	if budget <= 0 {
+		budget = DefaultCacheBytes
+	}
+	s.cache = newCache(MaxCacheEntries, budget)
+	if n := cfg.GifUpstreamPerMinute; n > 0 {
+		s.upAll = reqresp.NewLimiter(float64(n), max(float64(n)/10, 1), 1)
+	}
+	if n := cfg.GifUpstreamPerPeerPerMinute; n > 0 {
+		s.upPeer = reqresp.NewLimiter(float64(n), float64(n), maxTrackedKeys)
+		// Identities are free: one address gets ten peers' worth.
+		s.upAddr = reqresp.NewLimiter(float64(10*n), float64(10*n), maxTrackedKeys)
+	}
 	if cfg.KlipyTestKey {
 		s.limiter = newLimiter(TestKeyMaxCalls, TestKeyWindow)
 	}
@@ -155,7 +188,7 @@ func (s *Service) Attach(ctx context.Context, h host.Host) {
 		return
 	}
 	s.attached = append(s.attached, h)
-	reqresp.Serve(ctx, h, Protocol, s.log, s.handle)
+	reqresp.Serve(ctx, h, Protocol, s.log, s.handle, reqresp.WithMaxRequestSize(MaxRequestSize))
 }
 
 // Close removes the stream handlers, aborts upstream calls and stops the
@@ -186,16 +219,25 @@ func (s *Service) handle(ctx context.Context, remote peer.ID, raw []byte) ([]byt
 	if err := reqresp.Unmarshal(raw, &req); err != nil {
 		return nil, fmt.Errorf("decode gif request: %w", err)
 	}
-	resp := s.Search(ctx, req)
-	s.log.Debug("gif request", zap.String("kind", req.Kind), zap.Stringer("peer", remote),
+	resp := s.answer(ctx, remote, req)
+	s.log.Debug("gif request", zap.String("kind", truncate(req.Kind, 16)), zap.Stringer("peer", remote),
 		zap.Int("results", len(resp.Results)))
 	return reqresp.Marshal(resp)
 }
 
-// Search answers one request: from the cache, else from Klipy. It never
-// fails: any problem yields empty results (logged). The returned slice
-// must not be modified.
+// Search answers one request without a peer (only the overall upstream
+// limit applies): from the cache, else from Klipy. It never fails: any
+// problem yields empty results (logged). The returned slice must not be
+// modified.
 func (s *Service) Search(ctx context.Context, req GifRequest) GifResponse {
+	return s.answer(ctx, "", req)
+}
+
+// answer serves req for remote ("" for none); the per-peer and
+// per-address upstream limits are charged to the request that starts an
+// upstream call.
+func (s *Service) answer(ctx context.Context, remote peer.ID, req GifRequest) GifResponse {
+	req = Canonical(req)
 	key := cacheKey(req)
 	if res, ok := s.cache.get(key, s.now()); ok {
 		s.m.hits.Inc()
@@ -211,10 +253,15 @@ func (s *Service) Search(ctx context.Context, req GifRequest) GifResponse {
 		if res, ok := s.cache.get(key, s.now()); ok {
 			return res, nil
 		}
+		if !s.allowUpstream(ctx, remote) {
+			s.m.limited.Inc()
+			return nil, nil
+		}
 		res := s.fetch(req)
 		if len(res) > 0 {
 			s.cache.put(key, res, s.now().Add(ttlFor(req.Kind)))
 			s.m.entries.Set(float64(s.cache.len()))
+			s.m.bytes.Set(float64(s.cache.size()))
 		}
 		return res, nil
 	})
@@ -251,12 +298,46 @@ func (s *Service) fetch(req GifRequest) []GifResult {
 	if err != nil {
 		s.m.upstreamErr.Inc()
 		if !errors.Is(s.ctx.Err(), context.Canceled) {
-			s.log.Warn("klipy request failed", zap.String("kind", req.Kind),
-				zap.String("error", s.redact(err.Error())))
+			s.logFailure(req, err)
 		}
 		return nil
 	}
 	return res
+}
+
+// allowUpstream charges one upstream call to remote, its address and the
+// relay as a whole. Misses are what cost: each one is a Klipy call
+// against a quota shared by every user of the relay.
+func (s *Service) allowUpstream(ctx context.Context, remote peer.ID) bool {
+	now := s.now()
+	if remote != "" && s.upPeer != nil {
+		if !s.upPeer.Allow(string(remote), now) {
+			return false
+		}
+		key := reqresp.AddrKey(reqresp.RemoteAddr(ctx))
+		if key != "" && !s.upAddr.Allow(key, now) {
+			return false
+		}
+	}
+	return s.upAll == nil || s.upAll.Allow("", now)
+}
+
+// logFailure warns about a failed upstream call at most once per
+// failLogEvery (a down upstream fails every miss, and any peer can cause
+// misses), counting the ones left out.
+func (s *Service) logFailure(req GifRequest, err error) {
+	now := s.now()
+	s.failMu.Lock()
+	if !s.failLast.IsZero() && now.Sub(s.failLast) < failLogEvery && !now.Before(s.failLast) {
+		s.failSuppressed++
+		s.failMu.Unlock()
+		return
+	}
+	suppressed := s.failSuppressed
+	s.failLast, s.failSuppressed = now, 0
+	s.failMu.Unlock()
+	s.log.Warn("klipy request failed", zap.String("kind", req.Kind),
+		zap.String("error", s.redact(err.Error())), zap.Int("suppressed_since_last", suppressed))
 }
 
 // redact removes the API key from text (net/http errors quote the URL).
@@ -279,6 +360,7 @@ func (s *Service) evictLoop() {
 		case <-t.C:
 			n, left := s.cache.evictExpired(s.now())
 			s.m.entries.Set(float64(left))
+			s.m.bytes.Set(float64(s.cache.size()))
 			if n > 0 {
 				s.log.Debug("gif cache: evicted expired entries", zap.Int("evicted", n), zap.Int("remaining", left))
 			}
@@ -286,9 +368,42 @@ func (s *Service) evictLoop() {
 	}
 }
 
-// cacheKey is the Rust relay's key: kind:lower(trim(query)):limit.
+// Canonical is the request as served and cached: kind "search" with a
+// non-blank query (trimmed, lower-cased, cut to MaxQueryBytes at a
+// character boundary), else "trending" with no query (every other kind,
+// and a blank search, asks for featured GIFs); limit clamped to
+// 1..MaxLimit. Requests that are answered alike share one cache entry,
+// so neither an unknown kind nor a huge query mints new entries.
+func Canonical(req GifRequest) GifRequest {
+	q := ""
+	if req.Kind == "search" {
+		q = strings.ToLower(strings.TrimSpace(req.Query))
+		if len(q) > MaxQueryBytes {
+			cut := MaxQueryBytes
+			for cut > 0 && !utf8.RuneStart(q[cut]) {
+				cut--
+			}
+			q = strings.TrimSpace(q[:cut])
+		}
+	}
+	kind := "search"
+	if q == "" {
+		kind = "trending"
+	}
+	return GifRequest{Kind: kind, Query: q, Limit: min(max(req.Limit, 1), MaxLimit)}
+}
+
+// cacheKey is the Rust relay's key, kind:lower(trim(query)):limit, of a
+// Canonical request.
 func cacheKey(req GifRequest) string {
-	return fmt.Sprintf("%s:%s:%d", req.Kind, strings.ToLower(strings.TrimSpace(req.Query)), req.Limit)
+	return fmt.Sprintf("%s:%s:%d", req.Kind, req.Query, req.Limit)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 func ttlFor(kind string) time.Duration {

@@ -160,11 +160,14 @@ func TestUpstreamURL(t *testing.T) {
 			"/v2/search?q=cat&key=" + testKey + "&limit=20&media_filter=tinygif,gif"},
 		// escaped like Rust's urlencoding (space %20, not +), limit clamped
 		{GifRequest{Kind: "search", Query: "Zoë & dogs+1/2?~", Limit: 100},
-			"/v2/search?q=Zo%C3%AB%20%26%20dogs%2B1%2F2%3F~&key=" + testKey + "&limit=50&media_filter=tinygif,gif"},
+			"/v2/search?q=zo%C3%AB%20%26%20dogs%2B1%2F2%3F~&key=" + testKey + "&limit=50&media_filter=tinygif,gif"},
 		{GifRequest{Kind: "trending", Query: "", Limit: 50},
 			"/v2/featured?key=" + testKey + "&limit=50&media_filter=tinygif,gif"},
-		{GifRequest{Kind: "trending", Query: "ignored", Limit: 4294967295},
-			"/v2/featured?key=" + testKey + "&limit=50&media_filter=tinygif,gif"},
+		{GifRequest{Kind: "trending", Query: "ignored", Limit: 3},
+			"/v2/featured?key=" + testKey + "&limit=3&media_filter=tinygif,gif"},
+		// any other kind is trending; limit 0 asks for one
+		{GifRequest{Kind: "bogus", Query: "x", Limit: 0},
+			"/v2/featured?key=" + testKey + "&limit=1&media_filter=tinygif,gif"},
 		// a blank search query asks for featured GIFs
 		{GifRequest{Kind: "search", Query: " \t ", Limit: 7},
 			"/v2/featured?key=" + testKey + "&limit=7&media_filter=tinygif,gif"},
@@ -322,7 +325,7 @@ func TestTTLTrendingVersusSearch(t *testing.T) {
 }
 
 func TestCacheIsBounded(t *testing.T) {
-	c := newCache(3)
+	c := newCache(3, 1<<30)
 	exp := time.Now().Add(time.Hour)
 	for i := range 5 {
 		c.put(fmt.Sprint(i), []GifResult{{ID: fmt.Sprint(i)}}, exp)
@@ -407,7 +410,8 @@ func TestUpstreamFailuresGiveEmptyResults(t *testing.T) {
 		}
 	})
 	defer close(release)
-	s, logs := newService(t, k.srv.URL, testKey, false,
+	clk := newClock()
+	s, logs := newService(t, k.srv.URL, testKey, false, WithClock(clk.Now),
 		WithHTTPClient(&http.Client{Timeout: 200 * time.Millisecond}))
 	ctx := ctxT(t)
 	queries := []string{"500", "404", "badjson", "trailing", "huge", "slow"}
@@ -416,6 +420,7 @@ func TestUpstreamFailuresGiveEmptyResults(t *testing.T) {
 		if got.Results == nil || len(got.Results) != 0 {
 			t.Errorf("%s: got %#v, want empty non-nil results", q, got.Results)
 		}
+		clk.Add(failLogEvery) // one warning per failLogEvery
 	}
 	if got := metricValue(s.m.upstreamErr); got != float64(len(queries)) {
 		t.Errorf("upstream errors = %v, want %d", got, len(queries))
@@ -425,10 +430,21 @@ func TestUpstreamFailuresGiveEmptyResults(t *testing.T) {
 	if k.calls.Load() != int64(len(queries)+1) {
 		t.Errorf("upstream calls = %d, want %d", k.calls.Load(), len(queries)+1)
 	}
-	// Every failure was warned about, and the key never reached the log
-	// (the timeout error from net/http quotes the full URL).
+	// Every failure a minute apart was warned about, and the key never
+	// reached the log (the timeout error from net/http quotes the full URL).
 	if n := logs.FilterMessage("klipy request failed").Len(); n != len(queries)+1 {
 		t.Errorf("warnings = %d, want %d", n, len(queries)+1)
+	}
+	// Failures within a minute: one warning, which counts the others.
+	clk.Add(failLogEvery)
+	for range 5 {
+		s.Search(ctx, GifRequest{Kind: "search", Query: "500", Limit: 5})
+	}
+	clk.Add(failLogEvery)
+	s.Search(ctx, GifRequest{Kind: "search", Query: "500", Limit: 5})
+	warned := logs.FilterMessage("klipy request failed").All()
+	if len(warned) != len(queries)+3 || warned[len(warned)-1].ContextMap()["suppressed_since_last"] != int64(4) {
+		t.Errorf("burst of failures: %d warnings, last %v", len(warned), warned[len(warned)-1].ContextMap())
 	}
 	sawURL := false
 	for _, e := range logs.All() {

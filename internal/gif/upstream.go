@@ -23,10 +23,12 @@ var (
 // defaultDims is used when tinygif carries no usable dims (Rust default).
 var defaultDims = [2]uint32{220, 165}
 
-// upstreamURL builds the Klipy URL with the Rust relay's parameter order.
+// upstreamURL builds the Klipy URL with the Rust relay's parameter order
+// for a Canonical request.
 func (s *Service) upstreamURL(req GifRequest) string {
-	limit := min(req.Limit, MaxLimit)
-	if req.Kind == "search" && strings.TrimSpace(req.Query) != "" {
+	req = Canonical(req)
+	limit := req.Limit
+	if req.Kind == "search" {
 		return fmt.Sprintf("%s/search?q=%s&key=%s&limit=%d&media_filter=tinygif,gif",
 			s.base, queryEscape(req.Query), queryEscape(s.key), limit)
 	}

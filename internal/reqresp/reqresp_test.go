@@ -185,3 +185,95 @@ func TestHandlerPanicsNeverReached(t *testing.T) {
 		}
 	}
 }
+
+// A protocol's own cap: a request of exactly the cap is served, one byte
+// more is reset without an answer and never reaches the handler.
+func TestPerProtocolCap(t *testing.T) {
+	const limit = 4 << 10
+	got := make(chan int, 4)
+	server, client := pair(t, func(_ context.Context, _ peer.ID, req []byte) ([]byte, error) {
+		got <- len(req)
+		return []byte{0x60}, nil
+	}, WithMaxRequestSize(limit))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := Call(ctx, client, server.ID(), testProto, bytes.Repeat([]byte{0x41}, limit))
+	if err != nil || !bytes.Equal(out, []byte{0x60}) || <-got != limit {
+		t.Fatalf("request of exactly the cap: %x %v", out, err)
+	}
+	out, err = Call(ctx, client, server.ID(), testProto, bytes.Repeat([]byte{0x41}, limit+1))
+	if err == nil || len(out) > 0 {
+		t.Fatalf("request one byte over the cap: answer %x, err %v; want a reset", out, err)
+	}
+	var se *network.StreamError
+	if !errors.As(err, &se) && !errors.Is(err, network.ErrReset) {
+		t.Errorf("err = %v, want a stream reset", err)
+	}
+	select {
+	case n := <-got:
+		t.Fatalf("handler called with %d bytes", n)
+	default:
+	}
+}
+
+// A stream that sends nothing is reset at the first-byte deadline, well
+// before the read deadline; one that started sending gets the full one.
+func TestFirstByteDeadline(t *testing.T) {
+	server, client := pair(t, func(context.Context, peer.ID, []byte) ([]byte, error) {
+		return []byte{0x60}, nil
+	}, WithReadTimeout(3*time.Second), WithFirstByteTimeout(200*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	silent, err := client.NewStream(ctx, server.ID(), testProto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Reset()
+	// Finish negotiation without sending a request byte.
+	_ = silent.SetReadDeadline(time.Now().Add(4 * time.Second))
+	start := time.Now()
+	_, err = silent.Read(make([]byte, 1))
+	held := time.Since(start)
+	if err == nil || held > 2*time.Second {
+		t.Fatalf("silent stream: err %v after %v; want a reset near 200 ms", err, held)
+	}
+
+	slow, err := client.NewStream(ctx, server.ID(), testProto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Reset()
+	if _, err := slow.Write([]byte{0x61}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // past the first-byte deadline
+	if _, err := slow.Write([]byte{0x62}); err != nil {
+		t.Fatal(err)
+	}
+	_ = slow.CloseWrite()
+	_ = slow.SetReadDeadline(time.Now().Add(4 * time.Second))
+	out, err := io.ReadAll(slow)
+	if err != nil || !bytes.Equal(out, []byte{0x60}) {
+		t.Fatalf("slow but started stream: %x %v; want an answer", out, err)
+	}
+}
+
+func TestRemoteAddrInHandlerContext(t *testing.T) {
+	addrs := make(chan string, 1)
+	server, client := pair(t, func(ctx context.Context, _ peer.ID, _ []byte) ([]byte, error) {
+		addrs <- AddrKey(RemoteAddr(ctx))
+		return []byte{0x60}, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := Call(ctx, client, server.ID(), testProto, []byte{0xa0}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-addrs; got != "127.0.0.1" {
+		t.Fatalf("AddrKey(RemoteAddr) = %q, want 127.0.0.1", got)
+	}
+	if RemoteAddr(context.Background()) != nil {
+		t.Fatal("RemoteAddr outside Serve")
+	}
+}

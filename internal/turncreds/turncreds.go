@@ -37,6 +37,10 @@ type Response struct {
 	URIs     []string `cbor:"uris"`
 }
 
+// MaxRequestSize caps a request on the wire: {peer_id} with a peer ID of
+// at most ~100 characters encodes to well under 200 bytes.
+const MaxRequestSize = 1 << 10
+
 // ErrOtherPeer: the request names a peer other than the stream's.
 var ErrOtherPeer = errors.New("turncreds: request names another peer")
 
@@ -92,7 +96,7 @@ func (s *Service) URIs() []string { return append([]string(nil), s.uris...) }
 // TURN is disabled, so such requests are closed without an answer (SPEC §6)
 // rather than failing protocol negotiation.
 func (s *Service) Attach(ctx context.Context, h host.Host) {
-	reqresp.Serve(ctx, h, Protocol, s.log, s.Handle)
+	reqresp.Serve(ctx, h, Protocol, s.log, s.Handle, reqresp.WithMaxRequestSize(MaxRequestSize))
 }
 
 // Handle answers one request from the authenticated peer remote.
@@ -133,7 +137,9 @@ func (s *Service) Handle(_ context.Context, remote peer.ID, raw []byte) ([]byte,
 		return nil, fmt.Errorf("encode TurnCredentialResponse: %w", err)
 	}
 	s.issued.Inc()
-	s.log.Info("generated credentials for peer "+id, zap.String("username", username))
+	// Debug: any peer may ask as often as it likes, so an info line per
+	// credential would let it fill the log (the counter keeps the tally).
+	s.log.Debug("credential issued", zap.Stringer("peer", remote), zap.String("username", username))
 	return out, nil
 }
 

@@ -227,9 +227,12 @@ func TestIssueForConnectionPeer(t *testing.T) {
 	if got := gathered(t, r.reg, "dusk_turn_credentials_issued_total"); got != 2 {
 		t.Fatalf("issued counter %v", got)
 	}
-	msg := "generated credentials for peer " + r.client.ID().String()
-	if n := r.logs.FilterMessage(msg).FilterLevelExact(zap.InfoLevel).Len(); n != 2 {
-		t.Fatalf("want 2 info logs %q, got %d", msg, n)
+	// Debug only: a per-request info line would let any peer fill the log.
+	if n := r.logs.FilterMessage("credential issued").FilterLevelExact(zap.DebugLevel).Len(); n != 2 {
+		t.Fatalf("want 2 debug logs \"credential issued\", got %d", n)
+	}
+	if n := r.logs.FilterLevelExact(zap.InfoLevel).Len() + r.logs.FilterLevelExact(zap.WarnLevel).Len(); n != 0 {
+		t.Fatalf("info/warn lines per request: %v", r.logs.All())
 	}
 	for _, e := range r.logs.All() {
 		for _, f := range e.Context {
