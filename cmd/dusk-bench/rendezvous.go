@@ -50,7 +50,9 @@ func runRendezvous(ctx context.Context, env *runEnv, args []string) error {
 	if _, err := bench.RaiseNoFile(); err != nil {
 		return err
 	}
-	d, err := env.startDaemon(ctx, "rendezvous", nil, "")
+	// Every registration comes from 127.0.0.1: lift the per-address
+	// budget (4 MiB, ~10,000 small registrations) to the global one.
+	d, err := env.startDaemon(ctx, "rendezvous", map[string]string{"DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR": "134217728"}, "")
 	if err != nil {
 		return err
 	}

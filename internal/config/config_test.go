@@ -46,6 +46,10 @@ func TestDefaults(t *testing.T) {
 		{"MaxTTL", c.MaxTTL, 72 * time.Hour},
 		{"MaxDiscover", c.MaxDiscover, 1000},
 		{"Rendezvous.MaxBytes", c.Rendezvous.MaxBytes, int64(128 << 20)},
+		{"Rendezvous.MaxPerPeer", c.Rendezvous.MaxPerPeer, 256},
+		{"MaxBytesPerPeer", c.MaxBytesPerPeer, int64(256 << 10)},
+		{"MaxBytesPerAddr", c.MaxBytesPerAddr, int64(4 << 20)},
+		{"DiscoverAll", c.DiscoverAll, false},
 		{"MaxPerIP", c.MaxPerIP, 40},
 		{"MaxBPS", c.MaxBPS, 1000000},
 		{"TURN.Enabled", bool(c.TURN.Enabled), true},
@@ -113,27 +117,32 @@ func TestEmptyMeansUnset(t *testing.T) {
 
 func TestMalformedNamesVariable(t *testing.T) {
 	cases := map[string]string{
-		"DUSK_RELAY_PORT":             "40o1",
-		"DUSK_MAX_CONNECTIONS":        "-5",
-		"DUSK_RELAY_EXTERNAL_ADDR":    "/ip4/1.2.3.4/tcpp/4001",
-		"DUSK_PEER_RELAYS":            "/ip4/127.0.0.1/tcp/4001",
-		"DUSK_RELAY_CIRCUIT_DURATION": "two minutes",
-		"DUSK_RELAY_CIRCUIT_BYTES":    "lots",
-		"DUSK_RENDEZVOUS_MAX_TTL":     "1h",
-		"DUSK_TURN_PUBLIC_IP":         "300.1.1.1",
-		"DUSK_TURN_LISTEN_IP":         "localhost",
-		"DUSK_TURN_UDP_PORT":          "70000",
-		"DUSK_TURN_PORT_RANGE_START":  "80",
-		"DUSK_TURN_PORT_RANGE_END":    "50000x",
-		"DUSK_TURN_ALLOW_PEERS":       "127.0.0.0/33",
-		"DUSK_TURN_DENY_PEERS":        "10.0.0.0/8,nonsense",
-		"DUSK_TURN_MAX_PER_USER":      "0",
-		"DUSK_TURN_CREDENTIAL_TTL":    "0s",
-		"DUSK_TURN_MAX_BPS":           "7999",
-		"DUSK_LOG_LEVEL":              "loud",
-		"DUSK_LOG_FORMAT":             "xml",
-		"DUSK_METRICS_ADDR":           "9464",
-		"DUSK_GIF_API_BASE":           "ftp://x",
+		"DUSK_RELAY_PORT":                    "40o1",
+		"DUSK_MAX_CONNECTIONS":               "-5",
+		"DUSK_RELAY_EXTERNAL_ADDR":           "/ip4/1.2.3.4/tcpp/4001",
+		"DUSK_PEER_RELAYS":                   "/ip4/127.0.0.1/tcp/4001",
+		"DUSK_RELAY_CIRCUIT_DURATION":        "two minutes",
+		"DUSK_RELAY_CIRCUIT_BYTES":           "lots",
+		"DUSK_RENDEZVOUS_MAX_TTL":            "1h",
+		"DUSK_TURN_PUBLIC_IP":                "300.1.1.1",
+		"DUSK_TURN_LISTEN_IP":                "localhost",
+		"DUSK_TURN_UDP_PORT":                 "70000",
+		"DUSK_TURN_PORT_RANGE_START":         "80",
+		"DUSK_TURN_PORT_RANGE_END":           "50000x",
+		"DUSK_TURN_ALLOW_PEERS":              "127.0.0.0/33",
+		"DUSK_TURN_DENY_PEERS":               "10.0.0.0/8,nonsense",
+		"DUSK_TURN_MAX_PER_USER":             "0",
+		"DUSK_TURN_CREDENTIAL_TTL":           "0s",
+		"DUSK_TURN_MAX_BPS":                  "7999",
+		"DUSK_LOG_LEVEL":                     "loud",
+		"DUSK_LOG_FORMAT":                    "xml",
+		"DUSK_METRICS_ADDR":                  "9464",
+		"DUSK_GIF_API_BASE":                  "ftp://x",
+		"DUSK_TURN_SECRET":                   "0123456789abcde", // 15 bytes
+		"DUSK_RENDEZVOUS_MAX_PER_PEER":       "0",
+		"DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER": "1024",
+		"DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR": "200000",
+		"DUSK_RENDEZVOUS_DISCOVER_ALL":       "yes",
 	}
 	for name, value := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -264,5 +273,26 @@ func TestIPv6PublicIPOnlyWithoutTURN(t *testing.T) {
 	t.Setenv("DUSK_TURN_ENABLED", "false")
 	if _, err := Load(); err != nil {
 		t.Errorf("IPv6 public IP with TURN off: %v", err)
+	}
+}
+
+// A short DUSK_TURN_SECRET stops the start only while TURN uses it, and
+// the error never repeats the secret.
+func TestShortTURNSecret(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("DUSK_TURN_SECRET", "hunter2")
+	_, err := Load()
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Var != "DUSK_TURN_SECRET" || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("short secret: %v", err)
+	}
+	t.Setenv("DUSK_TURN_SECRET", "0123456789abcdef")
+	if _, err := Load(); err != nil {
+		t.Fatalf("16-byte secret: %v", err)
+	}
+	t.Setenv("DUSK_TURN_SECRET", "hunter2")
+	t.Setenv("DUSK_TURN_ENABLED", "false")
+	if _, err := Load(); err != nil {
+		t.Fatalf("short secret with TURN disabled: %v", err)
 	}
 }

@@ -67,3 +67,35 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// ErrWideDir: a directory is open to group or others and could not be
+// tightened.
+var ErrWideDir = errors.New("directory open to other users")
+
+// EnsurePrivateDir creates dir (0700) if needed and tightens an existing
+// one that group or others may enter or list, since it holds the relay's
+// key and TURN secret. It returns the permissions it found when they were
+// wider than 0700 (zero otherwise), so the caller can warn. A failed
+// tightening returns those permissions and an error matching ErrWideDir;
+// the directory is still usable. dir itself may be a link (a volume
+// mount); the files inside are loaded without following links.
+func EnsurePrivateDir(dir string) (wide fs.FileMode, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, fmt.Errorf("create %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return 0, fmt.Errorf("stat %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return 0, fmt.Errorf("%s: not a directory", dir)
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o077 == 0 {
+		return 0, nil
+	}
+	if err := os.Chmod(dir, perm&0o700); err != nil {
+		return perm, fmt.Errorf("%w: %s is %#o: %w", ErrWideDir, dir, perm, err)
+	}
+	return perm, nil
+}

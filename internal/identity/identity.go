@@ -45,8 +45,18 @@ func LoadOrCreate(dataDir string, log *zap.Logger) (crypto.PrivKey, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	// The keypair is loaded first at start, so the data directory's
+	// permissions are checked here, once.
+	wide, err := fsutil.EnsurePrivateDir(dataDir)
+	switch {
+	case errors.Is(err, fsutil.ErrWideDir):
+		log.Warn("data directory is open to other users and could not be tightened to 0700",
+			zap.String("path", dataDir), zap.String("mode", fmt.Sprintf("%#o", wide)), zap.Error(err))
+	case err != nil:
 		return nil, fmt.Errorf("%w %s: %w", ErrDataDir, dataDir, err)
+	case wide != 0:
+		log.Warn("data directory was open to other users, tightened to 0700",
+			zap.String("path", dataDir), zap.String("mode", fmt.Sprintf("%#o", wide)))
 	}
 	path := filepath.Join(dataDir, FileName)
 

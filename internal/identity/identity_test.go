@@ -297,3 +297,25 @@ func TestOtherKeyTypeLoads(t *testing.T) {
 		t.Fatal("peer ID mismatch")
 	}
 }
+
+// A data directory others may enter is tightened to 0700, with a warning.
+func TestWideDataDirTightened(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log, logs := observed()
+	if _, err := LoadOrCreate(dir, log); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir left at %#o", fi.Mode().Perm())
+	}
+	warns := logs.FilterLevelExact(zap.WarnLevel).All()
+	if len(warns) != 1 || !strings.Contains(warns[0].Message, "data directory") {
+		t.Fatalf("want one data directory warning, got %v", logs.All())
+	}
+}

@@ -66,7 +66,7 @@ func BenchmarkRegister(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		sg := signers[i%keys]
 		ns := nss[(i/keys)%len(nss)]
-		r := s.register(sg.id, &pb.Message_Register{Ns: &ns, SignedPeerRecord: sg.rec})
+		r := s.register(sg.id, testSrc, &pb.Message_Register{Ns: &ns, SignedPeerRecord: sg.rec})
 		if r.GetStatus() != pb.Message_OK {
 			b.Fatal(r.GetStatus(), r.GetStatusText())
 		}
@@ -82,7 +82,7 @@ func BenchmarkRegisterStream(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		rr := registerStatus(b, c, sh.ID(), registerMsg(fmt.Sprintf("ns-%d", i%500), rec, nil))
+		rr := registerStatus(b, c, sh.ID(), registerMsg(fmt.Sprintf("ns-%d", i%200), rec, nil))
 		if rr.GetStatus() != pb.Message_OK {
 			b.Fatal(rr)
 		}

@@ -155,7 +155,7 @@ func FuzzRequest(f *testing.F) {
 				if req.Register == nil {
 					continue
 				}
-				resp = &pb.Message{Type: pb.Message_REGISTER_RESPONSE.Enum(), RegisterResponse: s.register(remote, req.Register)}
+				resp = &pb.Message{Type: pb.Message_REGISTER_RESPONSE.Enum(), RegisterResponse: s.register(remote, testSrc, req.Register)}
 			case pb.Message_DISCOVER:
 				if req.Discover == nil {
 					continue

@@ -11,6 +11,7 @@ type metrics struct {
 	discovers   prometheus.Counter
 	served      prometheus.Counter
 	malformed   prometheus.Counter
+	evicted     prometheus.Counter
 	errors      *prometheus.CounterVec
 }
 
@@ -27,6 +28,8 @@ func newMetrics(reg prometheus.Registerer, live, stored func() int, log *zap.Log
 			Name: "discovered_registrations_total", Help: "Registrations returned by discover requests."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "malformed_requests_total", Help: "Rendezvous streams reset for undecodable or unexpected requests."}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "evicted_total", Help: "Registrations evicted from the largest holder to make room for another sender."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "errors_total", Help: "Rendezvous error responses by status."}, []string{"status"}),
 	}
@@ -39,7 +42,7 @@ func newMetrics(reg prometheus.Registerer, live, stored func() int, log *zap.Log
 	bytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 		Name: "stored_bytes", Help: "Bytes live rendezvous registrations count against DefaultMaxBytes."},
 		func() float64 { return float64(stored()) })
-	for _, c := range []prometheus.Collector{m.registers, m.unregisters, m.discovers, m.served, m.malformed, m.errors, gauge, bytes} {
+	for _, c := range []prometheus.Collector{m.registers, m.unregisters, m.discovers, m.served, m.malformed, m.evicted, m.errors, gauge, bytes} {
 		if err := reg.Register(c); err != nil {
 			log.Error("register rendezvous metric", zap.Error(err))
 		}

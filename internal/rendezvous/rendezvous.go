@@ -18,14 +18,21 @@
 //
 // Limits: namespace 1-255 bytes of UTF-8; TTL in [MinTTL, MaxTTL] (absent =
 // 2 h, clamped into that range); signed peer records up to MaxRecordSize,
-// Ed25519-signed, for the sending peer. Each peer may hold at most
-// DefaultMaxPerPeer live registrations (E_NOT_AUTHORIZED beyond, as waku
-// does) and the server at most DefaultMaxRegistrations holding at most
-// DefaultMaxBytes (E_UNAVAILABLE beyond either).
+// Ed25519-signed, for the sending peer; "dusk/peer/<id>" only for the
+// sender's own id. Each peer may hold at most DefaultMaxPerPeer live
+// registrations and DefaultMaxPeerBytes (E_NOT_AUTHORIZED beyond, as waku
+// does). Each source address (IPv4) or /56 (IPv6) may hold
+// DefaultMaxSourceBytes, the server DefaultMaxRegistrations and
+// DefaultMaxBytes; a full budget evicts the oldest registration of its
+// largest holder, and only a sender that is itself the largest holder gets
+// E_UNAVAILABLE. Discover without a namespace gets E_NOT_AUTHORIZED unless
+// enabled (config.Rendezvous.DiscoverAll).
 package rendezvous
 
 import (
 	"errors"
+	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +51,10 @@ import (
 // Protocol is the rendezvous protocol ID.
 const Protocol = protocol.ID("/rendezvous/1.0.0")
 
+// PeerNamespacePrefix starts the namespace a Dusk client registers under
+// with its own peer ID, "dusk/peer/<id>".
+const PeerNamespacePrefix = "dusk/peer/"
+
 const (
 	// DefaultTTL applies when a Register carries no TTL (rust-libp2p DEFAULT_TTL).
 	DefaultTTL = 2 * time.Hour
@@ -52,17 +63,28 @@ const (
 	MaxMessageSize = 1 << 20
 	// StreamTimeout bounds reading the request and writing the answer.
 	StreamTimeout = 15 * time.Second
-	// DefaultMaxPerPeer caps live registrations per peer (one per namespace).
-	DefaultMaxPerPeer = 1000
+	// DefaultMaxPerPeer caps live registrations per peer (one per
+	// namespace). A Dusk client registers "dusk/peers", "dusk/peer/<own
+	// id>" and "dusk/community/<id>" per community it is in; the app sets
+	// no limit on communities, so this leaves room for ~250.
+	DefaultMaxPerPeer = 256
+	// DefaultMaxPeerBytes caps what one peer's registrations count against
+	// the byte budget: 256 registrations of ~750-byte records, or ~55 of
+	// MaxRecordSize. A Dusk client re-sends the same small record under
+	// every namespace, so it stays far below.
+	DefaultMaxPeerBytes = 256 << 10
+	// DefaultMaxSourceBytes caps the registrations made from one source
+	// address (IPv4) or /56 (IPv6): 1/32 of DefaultMaxBytes, so at least 32
+	// addresses are needed to fill the server, and even then newcomers
+	// evict the largest holders instead of being refused.
+	DefaultMaxSourceBytes = 4 << 20
 	// DefaultMaxRegistrations caps live registrations in total.
 	DefaultMaxRegistrations = 1_000_000
 	// DefaultMaxBytes caps the memory held by live registrations (records,
 	// namespaces and a per-entry overhead estimate). Without it the other
-	// caps allow 1,000,000 records of up to 8 KiB each; a flood of 1000
-	// namespaces with 8 KiB records from one identity grew the daemon by
-	// ~24 MiB, and identities cost nothing. Typical Dusk records (~1 KiB)
-	// give ~100,000 registrations in this budget. Beyond it new
-	// registrations get E_UNAVAILABLE; refreshes that do not grow still pass.
+	// caps allow 1,000,000 records of up to MaxRecordSize each, and
+	// identities cost nothing. Typical Dusk records (under 1 KiB) give
+	// ~100,000 registrations in this budget.
 	DefaultMaxBytes = 128 << 20
 	// DefaultSweepInterval is how often expired registrations are dropped;
 	// reads skip expired ones in between.
@@ -94,17 +116,27 @@ func WithClock(now func() time.Time) Option {
 
 // WithMaxPerPeer overrides DefaultMaxPerPeer.
 func WithMaxPerPeer(n int) Option {
-	return func(s *Server) { s.maxPerPeer = n }
+	return func(s *Server) { s.lim.maxPerPeer = n }
 }
 
 // WithMaxRegistrations overrides DefaultMaxRegistrations.
 func WithMaxRegistrations(n int) Option {
-	return func(s *Server) { s.maxTotal = n }
+	return func(s *Server) { s.lim.maxTotal = n }
 }
 
 // WithMaxBytes overrides DefaultMaxBytes (0 = unlimited).
 func WithMaxBytes(n int) Option {
-	return func(s *Server) { s.maxBytes = n }
+	return func(s *Server) { s.lim.maxBytes = n }
+}
+
+// WithMaxPeerBytes overrides DefaultMaxPeerBytes (0 = unlimited).
+func WithMaxPeerBytes(n int) Option {
+	return func(s *Server) { s.lim.maxPeerBytes = n }
+}
+
+// WithMaxSourceBytes overrides DefaultMaxSourceBytes (0 = unlimited).
+func WithMaxSourceBytes(n int) Option {
+	return func(s *Server) { s.lim.maxSrcBytes = n }
 }
 
 // WithStreamTimeout overrides StreamTimeout (tests).
@@ -123,9 +155,7 @@ type Server struct {
 	log        *zap.Logger
 	now        func() time.Time
 	onRegister func(peer.ID, string, time.Duration)
-	maxPerPeer int
-	maxTotal   int
-	maxBytes   int
+	lim        limits
 	sweepEvery time.Duration
 	timeout    time.Duration
 	m          metrics
@@ -149,20 +179,40 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 		log = zap.NewNop()
 	}
 	s := &Server{
-		cfg:        cfg,
-		log:        log,
-		now:        time.Now,
-		maxPerPeer: DefaultMaxPerPeer,
-		maxTotal:   DefaultMaxRegistrations,
-		maxBytes:   DefaultMaxBytes,
+		cfg: cfg,
+		log: log,
+		now: time.Now,
+		lim: limits{
+			maxPerPeer:   DefaultMaxPerPeer,
+			maxTotal:     DefaultMaxRegistrations,
+			maxBytes:     DefaultMaxBytes,
+			maxPeerBytes: DefaultMaxPeerBytes,
+			maxSrcBytes:  DefaultMaxSourceBytes,
+		},
 		sweepEvery: DefaultSweepInterval,
 		timeout:    StreamTimeout,
 		stop:       make(chan struct{}),
 		active:     make(map[network.Stream]struct{}),
 	}
+	// The configured budgets apply unless an option overrides them.
+	if cfg.MaxPerPeer > 0 {
+		s.lim.maxPerPeer = cfg.MaxPerPeer
+	}
+	if cfg.MaxBytes > 0 {
+		s.lim.maxBytes = int(cfg.MaxBytes)
+	}
+	if cfg.MaxBytesPerPeer > 0 {
+		s.lim.maxPeerBytes = int(cfg.MaxBytesPerPeer)
+	}
+	if cfg.MaxBytesPerAddr > 0 {
+		s.lim.maxSrcBytes = int(cfg.MaxBytesPerAddr)
+	}
 	for _, o := range opts {
 		o(s)
 	}
+	s.lim.maxBytes = max(s.lim.maxBytes, 0)
+	s.lim.maxPeerBytes = max(s.lim.maxPeerBytes, 0)
+	s.lim.maxSrcBytes = max(s.lim.maxSrcBytes, 0)
 	if s.cfg.MaxDiscover < 1 {
 		s.cfg.MaxDiscover = 1000
 	}
@@ -179,8 +229,7 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 	if n := s.now().UnixNano(); n > 0 {
 		first = uint64(n)
 	}
-	s.store = newStore(first, s.maxPerPeer, s.maxTotal)
-	s.store.maxBytes = max(s.maxBytes, 0)
+	s.store = newStore(first, s.lim)
 	s.m = newMetrics(reg, s.Registrations, s.StoredBytes, log)
 	return s
 }
@@ -291,6 +340,7 @@ func (s *Server) handle(str network.Stream) {
 	}()
 
 	remote := str.Conn().RemotePeer()
+	src := sourcePrefix(str.Conn().RemoteMultiaddr())
 
 	var req pb.Message
 	if err := pbio.NewDelimitedReader(str, MaxMessageSize).ReadMsg(&req); err != nil {
@@ -311,7 +361,7 @@ func (s *Server) handle(str network.Stream) {
 		}
 		resp = &pb.Message{
 			Type:             pb.Message_REGISTER_RESPONSE.Enum(),
-			RegisterResponse: s.register(remote, req.Register),
+			RegisterResponse: s.register(remote, src, req.Register),
 		}
 	case pb.Message_UNREGISTER:
 		if req.Unregister == nil {
@@ -360,10 +410,16 @@ func (s *Server) registerError(remote peer.ID, ns string, status pb.Message_Resp
 	return &pb.Message_RegisterResponse{Status: status.Enum(), StatusText: &text}
 }
 
-func (s *Server) register(remote peer.ID, r *pb.Message_Register) *pb.Message_RegisterResponse {
+func (s *Server) register(remote peer.ID, src netip.Prefix, r *pb.Message_Register) *pb.Message_RegisterResponse {
 	ns := r.GetNs()
 	if !validNamespace(ns) {
 		return s.registerError(remote, ns, pb.Message_E_INVALID_NAMESPACE, errors.New("namespace must be 1-255 bytes of UTF-8"))
+	}
+	// A Dusk client registers "dusk/peer/<id>" only with its own peer ID
+	// (friends discover it there); anyone else registering there would
+	// answer DMs meant for that peer.
+	if owner, ok := strings.CutPrefix(ns, PeerNamespacePrefix); ok && owner != remote.String() {
+		return s.registerError(remote, ns, pb.Message_E_NOT_AUTHORIZED, errors.New("dusk/peer/<id> is reserved for peer <id>"))
 	}
 	recPeer, err := parseRecord(r.GetSignedPeerRecord())
 	if err != nil {
@@ -379,24 +435,26 @@ func (s *Server) register(remote peer.ID, r *pb.Message_Register) *pb.Message_Re
 
 	expires := s.now().Add(ttl)
 	s.mu.Lock()
-	replaced, err := s.store.add(remote, ns, r.GetSignedPeerRecord(), expires)
+	replaced, evicted, err := s.store.add(remote, src, ns, r.GetSignedPeerRecord(), expires)
 	s.mu.Unlock()
+	s.m.evicted.Add(float64(len(evicted)))
+	for _, e := range evicted {
+		s.log.Debug("registration evicted", zap.Stringer("peer", e.peer), zap.String("namespace", e.ns),
+			zap.Stringer("source", e.src), zap.Stringer("for", remote))
+	}
 	switch {
-	case errors.Is(err, errPeerLimit):
+	case errors.Is(err, errPeerLimit), errors.Is(err, errPeerBytes):
 		return s.registerError(remote, ns, pb.Message_E_NOT_AUTHORIZED, err)
 	case err != nil:
 		return s.registerError(remote, ns, pb.Message_E_UNAVAILABLE, err)
 	}
 
 	s.m.registers.Inc()
-	// Clients refresh every 120 s; only a new registration is worth info.
-	lvl := zap.InfoLevel
-	if replaced {
-		lvl = zap.DebugLevel
-	}
-	if ce := s.log.Check(lvl, "peer registered"); ce != nil {
-		ce.Write(zap.Stringer("peer", remote), zap.String("namespace", ns), zap.Duration("ttl", ttl), zap.Bool("refresh", replaced))
-	}
+	// Debug: every registration is one request of a free identity, so an
+	// info line here would let anyone multiply the log; the counters in
+	// metrics.go say how many there are.
+	s.log.Debug("peer registered", zap.Stringer("peer", remote), zap.String("namespace", ns),
+		zap.Duration("ttl", ttl), zap.Bool("refresh", replaced))
 	if s.onRegister != nil {
 		s.onRegister(remote, ns, ttl)
 	}
@@ -441,6 +499,14 @@ func (s *Server) discover(remote peer.ID, d *pb.Message_Discover) *pb.Message_Di
 	ns := d.GetNs()
 	if ns != "" && !validNamespace(ns) {
 		return s.discoverError(remote, pb.Message_E_INVALID_NAMESPACE, errors.New("namespace must be 1-255 bytes of UTF-8"))
+	}
+	// Without a namespace, discover would hand every registration (peer
+	// IDs, addresses, community ids) to anyone; Dusk clients always name
+	// one. E_NOT_AUTHORIZED, not E_INVALID_NAMESPACE: the request is well
+	// formed (the protocol allows no namespace), this relay's policy
+	// refuses it, and rust-libp2p surfaces either as DiscoverFailed.
+	if ns == "" && !s.cfg.DiscoverAll {
+		return s.discoverError(remote, pb.Message_E_NOT_AUTHORIZED, errors.New("discover without a namespace is disabled on this relay"))
 	}
 	limit := s.cfg.MaxDiscover
 	if l := d.GetLimit(); l > 0 && l < uint64(limit) {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -33,7 +34,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, testutil.IgnoreLibp2p()...)
 }
 
-var testCfg = config.Rendezvous{MinTTL: 2 * time.Hour, MaxTTL: 72 * time.Hour, MaxDiscover: 1000}
+// testCfg enables discover without a namespace so the tests can cover it;
+// TestDiscoverAllOffByDefault covers the default.
+var testCfg = config.Rendezvous{MinTTL: 2 * time.Hour, MaxTTL: 72 * time.Hour, MaxDiscover: 1000, DiscoverAll: true}
+
+// testSrc is the source prefix of registrations made without a stream.
+var testSrc = netip.MustParsePrefix("192.0.2.1/32")
 
 // fakeClock is a settable clock for expiry tests.
 type fakeClock struct {

@@ -19,7 +19,7 @@ func populate(tb testing.TB, s *Server, ns string, n int, rec []byte, expires ti
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := 0; i < n; i++ {
-		if _, err := s.store.add(peer.ID(fmt.Sprintf("peer-%s-%d", ns, i)), ns, rec, expires); err != nil {
+		if _, _, err := s.store.add(peer.ID(fmt.Sprintf("peer-%s-%d", ns, i)), testSrc, ns, rec, expires); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -89,7 +89,7 @@ func TestLimitClamp(t *testing.T) {
 func TestStoreMatchesModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := time.Unix(1_700_000_000, 0)
-	st := newStore(1, 50, 1<<20)
+	st := newStore(1, limits{maxPerPeer: 50, maxTotal: 1 << 20})
 	type key struct {
 		p  peer.ID
 		ns string
@@ -131,7 +131,7 @@ func TestStoreMatchesModel(t *testing.T) {
 		switch rng.IntN(10) {
 		case 0, 1, 2, 3, 4:
 			exp := now.Add(time.Duration(1+rng.IntN(100)) * time.Second)
-			if _, err := st.add(p, ns, []byte("r"), exp); err != nil {
+			if _, _, err := st.add(p, testSrc, ns, []byte("r"), exp); err != nil {
 				t.Fatal(err)
 			}
 			model[key{p, ns}] = exp

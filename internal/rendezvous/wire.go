@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"unicode/utf8"
 
 	crypto_pb "github.com/libp2p/go-libp2p/core/crypto/pb"
@@ -16,9 +17,11 @@ import (
 const MaxNamespace = 255
 
 // MaxRecordSize caps a signed peer record. A Dusk client's record (Ed25519
-// key, a handful of direct and relayed addresses) is well under 2 KiB; the
-// cap keeps a peer from parking megabytes per registration.
-const MaxRecordSize = 8 << 10
+// key, its relay circuit addresses and a few direct ones) is ~450 bytes
+// with 8 addresses (TestDuskRecordFitsMaxRecordSize); 4 KiB leaves room
+// for ~60 addresses and keeps a peer from parking large records under
+// every namespace.
+const MaxRecordSize = 4 << 10
 
 var (
 	errBadCookie = errors.New("rendezvous: malformed cookie")
@@ -107,4 +110,28 @@ func parseRecord(b []byte) (peer.ID, error) {
 		}
 	}
 	return pr.PeerID, nil
+}
+
+// sourcePrefix is the budget key of a connection's remote address: the
+// IPv4 address, or the IPv6 /56 (what one subscriber is commonly given,
+// so a host cannot multiply its budget by picking addresses). Addresses
+// without an IP share the zero prefix.
+func sourcePrefix(a ma.Multiaddr) netip.Prefix {
+	var ip netip.Addr
+	ma.ForEach(a, func(c ma.Component) bool {
+		if c.Code() == ma.P_IP4 || c.Code() == ma.P_IP6 {
+			ip, _ = netip.AddrFromSlice(c.RawValue())
+			return false
+		}
+		return true
+	})
+	ip = ip.Unmap()
+	switch {
+	case ip.Is4():
+		return netip.PrefixFrom(ip, 32)
+	case ip.Is6():
+		p, _ := ip.Prefix(56)
+		return p
+	}
+	return netip.Prefix{}
 }

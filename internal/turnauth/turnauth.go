@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/duskchat/dusk-relay/internal/config"
 	"github.com/duskchat/dusk-relay/internal/fsutil"
 )
 
@@ -49,6 +51,8 @@ var (
 	ErrBadPassword = errors.New("turnauth: wrong password")
 	// ErrBadSecretFile: the stored secret is unreadable or not what we write.
 	ErrBadSecretFile = errors.New("turnauth: bad secret file")
+	// ErrShortSecret: the configured secret is shorter than config.MinTURNSecret.
+	ErrShortSecret = errors.New("turnauth: DUSK_TURN_SECRET too short")
 )
 
 // LoadOrCreateSecret returns the shared secret: configured (DUSK_TURN_SECRET)
@@ -61,6 +65,11 @@ var (
 // credential already issued).
 func LoadOrCreateSecret(dataDir, configured string, log *zap.Logger) ([]byte, error) {
 	if configured != "" {
+		// config.Validate refuses it first (naming the variable); this
+		// keeps any other caller from running with a guessable key.
+		if len(configured) < config.MinTURNSecret {
+			return nil, fmt.Errorf("%w: %d bytes, want at least %d", ErrShortSecret, len(configured), config.MinTURNSecret)
+		}
 		return []byte(configured), nil
 	}
 	path := filepath.Join(dataDir, SecretFile)
@@ -93,8 +102,16 @@ func LoadOrCreateSecret(dataDir, configured string, log *zap.Logger) ([]byte, er
 	return []byte(text), nil
 }
 
+// maxSecretFile bounds what readSecret reads: the file holds 64 hex
+// characters and a newline.
+const maxSecretFile = 1024
+
+// readSecret loads the secret file without following a link in its place
+// and validates it before touching its mode: a link (or a file swapped in
+// between the checks) could otherwise make the relay chmod, or take its
+// secret from, a file it does not own.
 func readSecret(path string, log *zap.Logger) ([]byte, error) {
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
@@ -102,19 +119,21 @@ func readSecret(path string, log *zap.Logger) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrBadSecretFile, path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrBadSecretFile, path)
+		return nil, fmt.Errorf("%w: %s is not a regular file (%s); refusing to follow or read it", ErrBadSecretFile, path, fi.Mode().Type())
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("TURN secret file readable by others; tightening to 0600",
-			zap.String("path", path), zap.Stringer("mode", fi.Mode().Perm()))
-		if err := os.Chmod(path, 0o600); err != nil {
-			return nil, fmt.Errorf("%w: chmod %s: %w", ErrBadSecretFile, path, err)
-		}
-	}
-	if fi.Size() > 1024 {
+	if fi.Size() > maxSecretFile {
 		return nil, fmt.Errorf("%w: %s is %d bytes, want %d hex characters", ErrBadSecretFile, path, fi.Size(), 2*SecretBytes)
 	}
-	b, err := os.ReadFile(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|noFollow, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrBadSecretFile, path, err)
+	}
+	defer f.Close()
+	// The open must have reached the file Lstat saw, not a replacement.
+	if ofi, err := f.Stat(); err != nil || !os.SameFile(fi, ofi) {
+		return nil, fmt.Errorf("%w: %s changed while it was being opened", ErrBadSecretFile, path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrBadSecretFile, path, err)
 	}
@@ -125,6 +144,14 @@ func readSecret(path string, log *zap.Logger) ([]byte, error) {
 	}
 	if _, err := hex.DecodeString(text); err != nil {
 		return nil, fmt.Errorf("%w: %s is not hex (remove it to generate a new secret, or set DUSK_TURN_SECRET)", ErrBadSecretFile, path)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("TURN secret file readable by others; tightening to 0600",
+			zap.String("path", path), zap.Stringer("mode", fi.Mode().Perm()))
+		// Through the open descriptor: the file checked above, never a link.
+		if err := f.Chmod(0o600); err != nil {
+			return nil, fmt.Errorf("%w: chmod %s: %w", ErrBadSecretFile, path, err)
+		}
 	}
 	return []byte(text), nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,11 +22,11 @@ func observed() (*zap.Logger, *observer.ObservedLogs) {
 
 func TestConfiguredSecretWins(t *testing.T) {
 	dir := t.TempDir()
-	s, err := LoadOrCreateSecret(dir, "operator secret", zap.NewNop())
+	s, err := LoadOrCreateSecret(dir, "operator secret!", zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(s) != "operator secret" {
+	if string(s) != "operator secret!" {
 		t.Fatalf("secret %q", s)
 	}
 	if _, err := os.Stat(filepath.Join(dir, SecretFile)); !errors.Is(err, os.ErrNotExist) {
@@ -252,6 +253,86 @@ func FuzzParse(f *testing.F) {
 		// Round trip through Issue's format (modulo leading zeros).
 		if _, id2, err := Parse(strconv.FormatInt(exp, 10) + ":" + id); err != nil || id2 != id {
 			t.Fatalf("re-parse %q: %v", u, err)
+		}
+	})
+}
+
+func TestShortConfiguredSecretRefused(t *testing.T) {
+	if _, err := LoadOrCreateSecret(t.TempDir(), "fifteen bytes!!", zap.NewNop()); !errors.Is(err, ErrShortSecret) {
+		t.Fatalf("15-byte secret: %v, want ErrShortSecret", err)
+	}
+}
+
+// A link, a FIFO or any other non-regular file in turn_secret's place is
+// refused without following it, reading it or changing its target; a
+// wide-open file that is not a valid secret is refused before its mode is
+// touched.
+func TestSecretFileNotFollowed(t *testing.T) {
+	valid := strings.Repeat("0f", SecretBytes) + "\n"
+	cases := map[string]func(t *testing.T, dir, outside string){
+		"symlink to a valid secret": func(t *testing.T, dir, outside string) {
+			if err := os.Symlink(outside, filepath.Join(dir, SecretFile)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"dangling symlink": func(t *testing.T, dir, outside string) {
+			if err := os.Symlink(outside+".missing", filepath.Join(dir, SecretFile)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"fifo": func(t *testing.T, dir, _ string) {
+			if err := syscall.Mkfifo(filepath.Join(dir, SecretFile), 0o644); err != nil {
+				t.Skip(err)
+			}
+		},
+	}
+	for name, setup := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			outside := filepath.Join(t.TempDir(), "victim")
+			if err := os.WriteFile(outside, []byte(valid), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(outside, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			setup(t, dir, outside)
+			done := make(chan error, 1)
+			go func() {
+				_, err := LoadOrCreateSecret(dir, "", zap.NewNop())
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, ErrBadSecretFile) {
+					t.Fatalf("err %v, want ErrBadSecretFile", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("LoadOrCreateSecret hangs")
+			}
+			fi, err := os.Stat(outside)
+			if err != nil || fi.Mode().Perm() != 0o644 {
+				t.Fatalf("link target mode changed: %v %v", fi.Mode(), err)
+			}
+			if fi, err := os.Lstat(filepath.Join(dir, SecretFile)); err != nil || fi.Mode().IsRegular() {
+				t.Fatalf("the thing in turn_secret's place was replaced: %v %v", fi.Mode(), err)
+			}
+		})
+	}
+	t.Run("wide and invalid", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, SecretFile)
+		if err := os.WriteFile(path, []byte("not a secret\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadOrCreateSecret(dir, "", zap.NewNop()); !errors.Is(err, ErrBadSecretFile) {
+			t.Fatalf("err %v", err)
+		}
+		if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o644 {
+			t.Fatalf("mode of a refused file changed to %#o", fi.Mode().Perm())
 		}
 	})
 }
