@@ -25,25 +25,43 @@ import (
 // in depth). Only control requests are decoded: ChannelData and Send
 // indications pass after a two-byte type check.
 
-// inspect returns a 401 response for an authenticated request whose REST
-// credentials fail, and nil for everything pion should handle.
+// inspect returns the gate's own answer (401, 441) to a request, or nil
+// for everything pion should handle. No answer budget: for TCP, and for
+// the fuzz target.
 func (s *Server) inspect(b []byte, src net.Addr) []byte {
+	resp, _ := s.screen(b, src, false)
+	return resp
+}
+
+// screen is inspect with the UDP answer budget (ratelimit.go) when budget
+// is set: drop reports a request whose unauthenticated answer (Binding
+// response, 401, 400) is over its source prefix's budget; it goes neither
+// to pion nor gets an answer.
+func (s *Server) screen(b []byte, src net.Addr, budget bool) (resp []byte, drop bool) {
 	if !stun.IsMessage(b) {
-		return nil
+		return nil, false
 	}
 	var t stun.MessageType
 	t.ReadValue(binary.BigEndian.Uint16(b[0:2]))
 	if t.Class != stun.ClassRequest {
-		return nil
+		return nil, false
+	}
+	spend := func(kind int) bool {
+		return budget && s.gate != nil && !s.gate.answers.allow(ipKey(src), kind, time.Now())
 	}
 	switch t.Method {
 	case stun.MethodAllocate, stun.MethodRefresh, stun.MethodCreatePermission, stun.MethodChannelBind:
+	case stun.MethodBinding:
+		return nil, spend(answerBinding)
 	default:
-		return nil
+		return nil, false
 	}
 	m := &stun.Message{Raw: append([]byte(nil), b...)}
-	if err := m.Decode(); err != nil || !m.Contains(stun.AttrMessageIntegrity) {
-		return nil // pion answers: no integrity -> 401 with a fresh nonce
+	if err := m.Decode(); err != nil {
+		return nil, false // pion does not answer what it cannot decode
+	}
+	if !m.Contains(stun.AttrMessageIntegrity) {
+		return nil, spend(answerUnauth) // pion answers: no integrity -> 401 with a fresh nonce
 	}
 	var (
 		user  stun.Username
@@ -51,29 +69,68 @@ func (s *Server) inspect(b []byte, src net.Addr) []byte {
 		nonce stun.Nonce
 	)
 	if user.GetFrom(m) != nil || realm.GetFrom(m) != nil || nonce.GetFrom(m) != nil {
-		return nil // pion answers 400, as RFC 5389 says for missing attributes
+		return nil, spend(answerUnauth) // pion answers 400, as RFC 5389 says for missing attributes
 	}
 	username := user.String()
 	_, password, err := turnauth.Verify(s.secret, username, time.Now(), s.cfg.CredentialTTL)
 	reason := -1
+	var key []byte
 	if err != nil {
 		reason = reasonOf(err)
-	} else if stun.MessageIntegrity(turn.GenerateAuthKey(username, realm.String(), password)).Check(m) != nil {
+	} else if key = turn.GenerateAuthKey(username, realm.String(), password); stun.MessageIntegrity(key).Check(m) != nil {
 		reason = reasonIntegrity
 	}
 	if reason < 0 {
-		return nil
+		return s.checkOwner(m, t, src, username, key), false
 	}
 	s.authFailed(reason, src, username)
+	if spend(answerUnauth) {
+		return nil, true
+	}
 	// The client's nonce passed pion's check moments ago on a previous
 	// request, or it is stale, in which case the client gets the same 401 it
 	// would get after refreshing it. No MESSAGE-INTEGRITY: the key is wrong.
-	resp, err := stun.Build(
+	resp401, err := stun.Build(
 		stun.NewTransactionIDSetter(m.TransactionID),
 		stun.NewType(t.Method, stun.ClassErrorResponse),
 		stun.CodeUnauthorized,
 		stun.NewRealm(s.cfg.Realm),
 		nonce,
+	)
+	if err != nil {
+		return nil, false
+	}
+	return resp401.Raw, false
+}
+
+// checkOwner answers 441 Wrong Credentials to a request with valid
+// credentials on an allocation created with another username (RFC 8656
+// §5): pion checks only that the credentials are valid, so any peer could
+// otherwise refresh, delete or open permissions on another's allocation
+// from its 5-tuple. nil when the request may go on to pion.
+func (s *Server) checkOwner(m *stun.Message, t stun.MessageType, src net.Addr, username string, key []byte) []byte {
+	if s.gate == nil {
+		return nil
+	}
+	owner, ok := s.gate.owners.get(src)
+	if !ok || owner == username {
+		return nil
+	}
+	s.gate.wrongCreds.Add(1)
+	if s.log.Core().Enabled(zap.DebugLevel) {
+		if ok, suppressed := s.authLog.allow(time.Now()); ok {
+			s.log.Debug("TURN request with another username than its allocation's: 441",
+				zap.Stringer("client", src), zap.String("username", truncate(username, 160)),
+				zap.Int("suppressed", suppressed))
+		}
+	}
+	// Integrity with the request's own key: it verified (RFC 5389 §10.1.2).
+	resp, err := stun.Build(
+		stun.NewTransactionIDSetter(m.TransactionID),
+		stun.NewType(t.Method, stun.ClassErrorResponse),
+		stun.CodeWrongCredentials,
+		stun.MessageIntegrity(key),
+		stun.Fingerprint,
 	)
 	if err != nil {
 		return nil
@@ -170,8 +227,10 @@ func (c *udpListener) ReadFrom(p []byte) (int, net.Addr, error) {
 			c.stopped(err)
 			return n, addr, err
 		}
-		if resp := c.s.inspect(p[:n], addr); resp != nil {
-			_, _ = c.PacketConn.WriteTo(resp, addr)
+		if resp, drop := c.s.screen(p[:n], addr, true); resp != nil || drop {
+			if resp != nil {
+				_, _ = c.PacketConn.WriteTo(resp, addr)
+			}
 			continue
 		}
 		return n, addr, nil
@@ -197,184 +256,4 @@ func (c *udpListener) stopped(err error) {
 		c.s.listenerStopped("udp", c.PacketConn.LocalAddr(), err)
 		close(c.exited)
 	})
-}
-
-const (
-	// tcpFirstFrameTimeout: a TURN client speaks first, at once.
-	tcpFirstFrameTimeout = 10 * time.Second
-	// tcpIdleTimeout: a connection holding an allocation sends at least a
-	// Refresh within the longest allocation lifetime pion grants (1 h).
-	tcpIdleTimeout = time.Hour + time.Minute
-	// tcpMaxPerIP bounds connections from one address (pion itself puts no
-	// limit on TCP connections).
-	tcpMaxPerIP = 64
-	// tcpSpareConns: connections beyond one per allowed allocation, for
-	// STUN-only clients and Allocates in flight.
-	tcpSpareConns = 256
-	// tcpMaxFrame: pion drops anything at or above its 1600-byte inbound MTU.
-	tcpMaxFrame = 1600
-)
-
-// tcpLimits are the TCP connection bounds (fields so tests can shorten them).
-type tcpLimits struct {
-	firstFrame time.Duration
-	idle       time.Duration
-	maxConns   int
-	maxPerIP   int
-}
-
-// tcpListener caps and tracks TCP connections and gates their frames.
-type tcpListener struct {
-	net.Listener
-	s   *Server
-	lim tcpLimits
-
-	mu     sync.Mutex
-	conns  map[*tcpConn]struct{}
-	perIP  map[netip.Addr]int
-	closed bool
-	wg     sync.WaitGroup // one per connection until its reader has returned
-}
-
-func newTCPListener(l net.Listener, s *Server, lim tcpLimits) *tcpListener {
-	return &tcpListener{Listener: l, s: s, lim: lim,
-		conns: map[*tcpConn]struct{}{}, perIP: map[netip.Addr]int{}}
-}
-
-// Accept retries temporary errors (pion's accept loop gives up on the
-// first error, e.g. EMFILE) and closes connections over the caps.
-func (l *tcpListener) Accept() (net.Conn, error) {
-	backoff := 5 * time.Millisecond
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || l.isClosed() {
-				return nil, err
-			}
-			l.s.listenerTrouble("tcp", err)
-			time.Sleep(backoff)
-			if backoff *= 2; backoff > time.Second {
-				backoff = time.Second
-			}
-			continue
-		}
-		backoff = 5 * time.Millisecond
-		if tc := l.admit(c); tc != nil {
-			return tc, nil
-		}
-		l.s.ctr.tcpRejected.Add(1)
-		_ = c.Close()
-	}
-}
-
-func (l *tcpListener) isClosed() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.closed
-}
-
-func (l *tcpListener) admit(c net.Conn) *tcpConn {
-	ip := netip.Addr{}
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ip = ta.AddrPort().Addr().Unmap()
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed || len(l.conns) >= l.lim.maxConns || l.perIP[ip] >= l.lim.maxPerIP {
-		return nil
-	}
-	_ = c.SetReadDeadline(time.Now().Add(l.lim.firstFrame))
-	tc := &tcpConn{Conn: c, l: l, ip: ip, frames: turn.NewSTUNConn(c), buf: make([]byte, tcpMaxFrame)}
-	l.conns[tc] = struct{}{}
-	l.perIP[ip]++
-	l.wg.Add(1)
-	return tc
-}
-
-func (l *tcpListener) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
-}
-
-// closeAll closes the listener and every connection (pion closes accepted
-// connections only when their client goes away).
-func (l *tcpListener) closeAll() {
-	l.mu.Lock()
-	l.closed = true
-	conns := make([]*tcpConn, 0, len(l.conns))
-	for c := range l.conns {
-		conns = append(conns, c)
-	}
-	l.mu.Unlock()
-	_ = l.Listener.Close()
-	for _, c := range conns {
-		_ = c.Close()
-	}
-}
-
-// tcpConn re-frames the stream (pion's own STUNConn framing), gates each
-// frame, and hands pion whole frames.
-type tcpConn struct {
-	net.Conn
-	l      *tcpListener
-	ip     netip.Addr
-	frames *turn.STUNConn
-	buf    []byte
-	rest   []byte // unread part of the current frame
-
-	active    bool      // a frame arrived: idle timeout instead of first-frame timeout
-	extended  time.Time // when the read deadline was last pushed out
-	closeOnce sync.Once
-	readOnce  sync.Once
-}
-
-func (c *tcpConn) Read(p []byte) (int, error) {
-	if len(c.rest) > 0 {
-		n := copy(p, c.rest)
-		c.rest = c.rest[n:]
-		return n, nil
-	}
-	for {
-		n, _, err := c.frames.ReadFrom(c.buf)
-		if err != nil {
-			c.readOnce.Do(c.l.wg.Done)
-			return 0, err
-		}
-		// Push the idle deadline out at most every idle/60 (a syscall-free
-		// but not free timer update), so it fires between 59/60 and 1 idle.
-		if now := time.Now(); !c.active || now.Sub(c.extended) > c.l.lim.idle/60 {
-			c.active, c.extended = true, now
-			_ = c.Conn.SetReadDeadline(now.Add(c.l.lim.idle))
-		}
-		if n > len(c.buf) {
-			continue // oversized frame: pion would drop it too
-		}
-		frame := c.buf[:n]
-		if resp := c.l.s.inspect(frame, c.Conn.RemoteAddr()); resp != nil {
-			if _, err := c.Conn.Write(resp); err != nil {
-				c.readOnce.Do(c.l.wg.Done)
-				return 0, err
-			}
-			continue
-		}
-		k := copy(p, frame)
-		c.rest = frame[k:]
-		return k, nil
-	}
-}
-
-// Close is idempotent: pion and Server.Close may both close a connection.
-func (c *tcpConn) Close() error {
-	var err error
-	c.closeOnce.Do(func() {
-		err = c.Conn.Close()
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		if c.l.perIP[c.ip]--; c.l.perIP[c.ip] <= 0 {
-			delete(c.l.perIP, c.ip)
-		}
-		c.l.mu.Unlock()
-	})
-	return err
 }

@@ -47,6 +47,7 @@ type Server struct {
 
 	udp  []*udpListener
 	tcp  *tcpListener
+	gate *gateState // answer budget, allocation owners, TCP slot classes (ratelimit.go)
 	pion *turn.Server
 
 	authLog *limiter
@@ -131,6 +132,8 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 		return nil, err
 	}
 	s.tcp = newTCPListener(tcpLn, s, lim)
+	s.gate = newGateState()
+	s.gate.tcp = s.tcp
 
 	gen := &relayGen{s: s, inner: &turn.RelayAddressGeneratorPortRange{
 		RelayAddress: net.IP(pub.Unmap().AsSlice()),
@@ -172,6 +175,11 @@ func newServer(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.R
 	if reg != nil {
 		s.collector = newCollector(s)
 		if err := reg.Register(s.collector); err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("TURN metrics: %w", err)
+		}
+		if err := reg.Register(s.gate); err != nil {
+			reg.Unregister(s.collector)
 			_ = s.Close()
 			return nil, fmt.Errorf("TURN metrics: %w", err)
 		}
@@ -319,6 +327,7 @@ func (s *Server) Close() error {
 		}
 		if s.reg != nil {
 			s.reg.Unregister(s.collector)
+			s.reg.Unregister(s.gate)
 		}
 		s.closeErr = s.pion.Close()
 		s.tcp.closeAll()
@@ -415,6 +424,7 @@ func (s *Server) admitAllocation(username, _ string, src net.Addr) bool {
 
 func (s *Server) onAllocationCreated(src, _ net.Addr, _, username, _ string, relay net.Addr, _ int) {
 	s.quota.created(peerOf(username), addrKey(src), ipKey(src))
+	s.gate.allocationCreated(src, username)
 	if rc := s.relayOf(relay); rc != nil {
 		s.clients.set(addrKey(src), rc)
 	}
@@ -425,6 +435,7 @@ func (s *Server) onAllocationCreated(src, _ net.Addr, _, username, _ string, rel
 
 func (s *Server) onAllocationDeleted(src, _ net.Addr, _, username, _ string) {
 	s.quota.deleted(peerOf(username), addrKey(src), ipKey(src))
+	s.gate.allocationDeleted(src)
 	s.clients.remove(addrKey(src))
 	s.log.Debug("TURN allocation deleted", zap.String("peer", peerOf(username)), zap.Stringer("client", src))
 }
