@@ -131,12 +131,12 @@ func (s *PGStore) importRows(ctx context.Context, chunk [][]any) (int64, error) 
                 SELECT peer_id, display_name, last_seen, registered_at, relay_addr, nextval('peer_profiles_seq')
                 FROM (SELECT * FROM dusk_import ORDER BY ord) i
                 ON CONFLICT (peer_id) DO UPDATE SET
-                    display_name = CASE WHEN ` + newer + ` THEN excluded.display_name ELSE peer_profiles.display_name END,
-                    relay_addr = CASE WHEN ` + newer + ` THEN excluded.relay_addr ELSE peer_profiles.relay_addr END,
-                    seq = CASE WHEN ` + newer + ` THEN excluded.seq ELSE peer_profiles.seq END,
+                    display_name = CASE WHEN `+newer+` THEN excluded.display_name ELSE peer_profiles.display_name END,
+                    relay_addr = CASE WHEN `+newer+` THEN excluded.relay_addr ELSE peer_profiles.relay_addr END,
+                    seq = CASE WHEN `+newer+` THEN excluded.seq ELSE peer_profiles.seq END,
                     last_seen = greatest(peer_profiles.last_seen, excluded.last_seen),
                     registered_at = least(peer_profiles.registered_at, excluded.registered_at)
-                WHERE ` + newer + ` OR excluded.registered_at < peer_profiles.registered_at`)
+                WHERE `+newer+` OR excluded.registered_at < peer_profiles.registered_at`)
 			n = tag.RowsAffected()
 			return err
 		})
