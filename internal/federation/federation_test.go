@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -27,6 +28,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchRelayEnv) == "1" {
+		os.Exit(runBenchRelay())
+	}
 	goleak.VerifyTestMain(m,
 		// go-libp2p / go-log globals that live for the whole process.
 		goleak.IgnoreAnyFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
@@ -54,7 +58,7 @@ func newKey(t *testing.T) crypto.PrivKey {
 }
 
 // newHost listens on 127.0.0.1:port (0 = any) with the given identity.
-func newHost(t *testing.T, key crypto.PrivKey, port int) host.Host {
+func newHost(t testing.TB, key crypto.PrivKey, port int) host.Host {
 	t.Helper()
 	opts := []libp2p.Option{
 		libp2p.ListenAddrStrings(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)),
@@ -119,7 +123,7 @@ func port(t *testing.T, h host.Host) int {
 }
 
 // waitFor polls cond for at most 20 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for range 2000 {
 		if cond() {
