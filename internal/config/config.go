@@ -84,19 +84,29 @@ type Rendezvous struct {
 	MinTTL      time.Duration `envconfig:"DUSK_RENDEZVOUS_MIN_TTL" default:"2h" desc:"rendezvous: min registration TTL"`
 	MaxTTL      time.Duration `envconfig:"DUSK_RENDEZVOUS_MAX_TTL" default:"72h" desc:"rendezvous: max registration TTL"`
 	MaxDiscover int           `envconfig:"DUSK_RENDEZVOUS_MAX_DISCOVER" default:"1000" desc:"rendezvous: max registrations per discover response"`
-	MaxBytes    int64         `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES" default:"134217728" desc:"rendezvous: memory budget for live registrations in bytes (new registrations beyond it get E_UNAVAILABLE)"`
+	MaxBytes    int64         `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES" default:"134217728" desc:"rendezvous: memory budget for live registrations in bytes (when full, the largest holder's oldest registrations are evicted)"`
+	// Per-peer and per-address budgets: identities are free, addresses
+	// are not, so no handful of addresses can take the whole budget.
+	MaxPerPeer      int   `envconfig:"DUSK_RENDEZVOUS_MAX_PER_PEER" default:"256" desc:"rendezvous: max live registrations per peer (a Dusk client uses 2 + one per community)"`
+	MaxBytesPerPeer int64 `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER" default:"262144" desc:"rendezvous: max bytes of live registrations per peer"`
+	MaxBytesPerAddr int64 `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR" default:"4194304" desc:"rendezvous: max bytes of live registrations per source address (IPv4) or /56 (IPv6)"`
+	DiscoverAll     bool  `envconfig:"DUSK_RENDEZVOUS_DISCOVER_ALL" default:"false" desc:"rendezvous: answer discover requests without a namespace (every registration to anyone; Dusk clients never need it)"`
 }
 
 // minTURNBPS is the smallest DUSK_TURN_MAX_BPS accepted: an Opus voice
 // stream with its RTP/SRTP overhead needs ~8 KB/s.
 const minTURNBPS = 8000
 
+// MinTURNSecret is the shortest DUSK_TURN_SECRET accepted, in bytes: the
+// HMAC key of every TURN credential, so it must not be guessable.
+const MinTURNSecret = 16
+
 // TURN configures the in-process TURN/STUN server and the credentials it accepts.
 type TURN struct {
 	Enabled        Switch        `envconfig:"DUSK_TURN_ENABLED" default:"true" desc:"TURN server on; only false or 0 disable"`
 	PublicIP       string        `envconfig:"DUSK_TURN_PUBLIC_IP" desc:"relayed-address IP given to clients (default: first non-loopback IPv4, with a warning)"`
 	PublicHost     string        `envconfig:"DUSK_TURN_PUBLIC_HOST" desc:"host in credential URIs (default DUSK_TURN_PUBLIC_IP, else relay.duskchat.app)"`
-	Secret         string        `envconfig:"DUSK_TURN_SECRET" desc:"HMAC shared secret (default: random, persisted to <data dir>/turn_secret)"`
+	Secret         string        `envconfig:"DUSK_TURN_SECRET" desc:"HMAC shared secret, at least 16 bytes (default: random, persisted to <data dir>/turn_secret)"`
 	ListenIP       string        `envconfig:"DUSK_TURN_LISTEN_IP" default:"0.0.0.0" desc:"IP the TURN listeners bind to"`
 	UDPPort        uint16        `envconfig:"DUSK_TURN_UDP_PORT" default:"3478" desc:"TURN/STUN UDP port"`
 	TCPPort        uint16        `envconfig:"DUSK_TURN_TCP_PORT" default:"3478" desc:"TURN/STUN TCP port"`
@@ -221,6 +231,7 @@ func (c *Config) Validate() error {
 		"DUSK_RELAY_MAX_CIRCUITS":                     c.MaxCircuits,
 		"DUSK_RELAY_MAX_CIRCUITS_PER_PEER":            c.MaxCircuitsPerPeer,
 		"DUSK_RENDEZVOUS_MAX_DISCOVER":                c.MaxDiscover,
+		"DUSK_RENDEZVOUS_MAX_PER_PEER":                c.Rendezvous.MaxPerPeer,
 		"DUSK_TURN_MAX_ALLOCATIONS":                   c.MaxAllocations,
 		"DUSK_TURN_MAX_PER_USER":                      c.MaxPerUser,
 		"DUSK_TURN_MAX_PER_IP":                        c.MaxPerIP,
@@ -237,6 +248,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Rendezvous.MaxBytes < 1<<20 {
 		return bad("DUSK_RENDEZVOUS_MAX_BYTES", fmt.Sprint(c.Rendezvous.MaxBytes), "must be >= 1048576")
+	}
+	// One registration of the largest record (4 KiB) must fit in every budget.
+	if c.MaxBytesPerPeer < 16<<10 {
+		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER", fmt.Sprint(c.MaxBytesPerPeer), "must be >= 16384")
+	}
+	if c.MaxBytesPerAddr < c.MaxBytesPerPeer || c.MaxBytesPerAddr > c.Rendezvous.MaxBytes {
+		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR", fmt.Sprint(c.MaxBytesPerAddr),
+			"must be between DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER and DUSK_RENDEZVOUS_MAX_BYTES")
 	}
 	if c.CircuitDuration < 0 {
 		return bad("DUSK_RELAY_CIRCUIT_DURATION", c.CircuitDuration.String(), "must not be negative")
@@ -258,6 +277,12 @@ func (c *Config) Validate() error {
 	} else if bool(c.TURN.Enabled) && !ip.Unmap().Is4() {
 		// pion/turn opens IPv4 relay sockets only.
 		return bad("DUSK_TURN_PUBLIC_IP", c.PublicIP, "must be an IPv4 address while TURN is enabled")
+	}
+	// Only while TURN is on: the secret is used by nothing else. Its
+	// value is never echoed (Error prints Value), only its length.
+	if bool(c.TURN.Enabled) && c.Secret != "" && len(c.Secret) < MinTURNSecret {
+		return bad("DUSK_TURN_SECRET", fmt.Sprintf("<%d bytes>", len(c.Secret)),
+			"must be at least %d bytes (e.g. openssl rand -hex 32): anyone could guess a shorter one and mint TURN credentials", MinTURNSecret)
 	}
 	if _, err := netip.ParseAddr(c.ListenIP); err != nil {
 		return bad("DUSK_TURN_LISTEN_IP", c.ListenIP, "not an IP address")
