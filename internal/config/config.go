@@ -70,7 +70,9 @@ type Relay struct {
 	MaxConns               int           `envconfig:"DUSK_MAX_CONNECTIONS" default:"10000" desc:"max established connections"`
 	PeerRelays             MultiaddrList `envconfig:"DUSK_PEER_RELAYS" desc:"comma list of peer-relay multiaddrs (with /p2p/) for federation"`
 	GossipClientTopics     TopicList     `envconfig:"DUSK_GOSSIP_CLIENT_TOPICS" default:"dusk/directory,dusk/sync" desc:"comma list of client gossipsub topics the relay subscribes and forwards (empty or off: none)"`
-	MaxReservations        int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS" default:"128" desc:"relay v2: max reservations in total"`
+	MaxConnsPerIP          int           `envconfig:"DUSK_MAX_CONNECTIONS_PER_IP" default:"64" desc:"max libp2p connections per IPv4 address or IPv6 /56 (4x that per /48); 127.0.0.1 and ::1 are exempt"`
+	IdleConnTimeout        time.Duration `envconfig:"DUSK_IDLE_CONNECTION_TIMEOUT" default:"5m" desc:"close an inbound libp2p connection after this long without a stream while its peer holds no reservation (0 = never)"`
+	MaxReservations        int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS" desc:"relay v2: max reservations in total (default: DUSK_MAX_CONNECTIONS; the Rust relay used 128)"`
 	MaxReservationsPerPeer int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS_PER_PEER" default:"4" desc:"relay v2: max reservations per peer"`
 	MaxCircuits            int           `envconfig:"DUSK_RELAY_MAX_CIRCUITS" default:"16" desc:"relay v2: max relayed circuits in total"`
 	MaxCircuitsPerPeer     int           `envconfig:"DUSK_RELAY_MAX_CIRCUITS_PER_PEER" default:"4" desc:"relay v2: max circuits per peer"`
@@ -179,6 +181,10 @@ func Load() (*Config, error) {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()
 	}
+	if c.MaxReservations == 0 {
+		// Every Dusk client reserves a slot: every connected client can be reachable.
+		c.MaxReservations = c.MaxConns
+	}
 	if c.UDPThreads == 0 {
 		c.UDPThreads = runtime.NumCPU()
 	}
@@ -227,6 +233,7 @@ func (c *Config) Validate() error {
 	}
 	for name, v := range map[string]int{
 		"DUSK_RELAY_MAX_RESERVATIONS":                 c.MaxReservations,
+		"DUSK_MAX_CONNECTIONS_PER_IP":                 c.MaxConnsPerIP,
 		"DUSK_RELAY_MAX_RESERVATIONS_PER_PEER":        c.MaxReservationsPerPeer,
 		"DUSK_RELAY_MAX_CIRCUITS":                     c.MaxCircuits,
 		"DUSK_RELAY_MAX_CIRCUITS_PER_PEER":            c.MaxCircuitsPerPeer,
@@ -262,6 +269,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CircuitBytes < 0 {
 		return bad("DUSK_RELAY_CIRCUIT_BYTES", fmt.Sprint(c.CircuitBytes), "must not be negative")
+	}
+	if c.IdleConnTimeout < 0 {
+		return bad("DUSK_IDLE_CONNECTION_TIMEOUT", c.IdleConnTimeout.String(), "must not be negative")
 	}
 	if c.ReservationTTL <= 0 {
 		return bad("DUSK_RELAY_RESERVATION_TTL", c.ReservationTTL.String(), "must be positive")

@@ -42,20 +42,34 @@ func (n *Node) handleHop(s network.Stream, inner network.StreamHandler) {
 	}
 	switch msg.GetType() {
 	case pbv2.HopMessage_RESERVE:
+		renewal, ok := n.admitReservation(src, s.Conn().RemoteMultiaddr())
+		if !ok {
+			n.m.reservationReqs.WithLabelValues("refused").Inc()
+			if ce := n.log.Check(zap.DebugLevel, "reservation refused: address at its reservation limit"); ce != nil {
+				ce.Write(zap.Stringer("peer", src), zap.Stringer("addr", s.Conn().RemoteMultiaddr()),
+					zap.Int("max_reservations_per_ip", n.rsvPerIP))
+			}
+			refuse(s, pbv2.Status_RESERVATION_REFUSED)
+			n.tr.ReservationRequestHandled(pbv2.Status_RESERVATION_REFUSED)
+			return
+		}
 		inner(hs)
-		if st := hs.result(); st != pbv2.Status_OK {
+		st := hs.result()
+		n.settleReservation(src, renewal, st == pbv2.Status_OK)
+		if st != pbv2.Status_OK {
 			n.m.reservationReqs.WithLabelValues("refused").Inc()
 			n.log.Debug("reservation refused", zap.Stringer("peer", src), zap.Stringer("status", st),
 				zap.Int64("reservations", n.reservations.Load()))
 			return
 		}
-		if n.noteReservation(src) {
+		if renewal {
 			n.m.reservationReqs.WithLabelValues("renewed").Inc()
 			n.log.Debug("reservation renewed", zap.Stringer("peer", src), zap.Int64("reservations", n.reservations.Load()))
 			return
 		}
 		n.m.reservationReqs.WithLabelValues("accepted").Inc()
-		n.log.Info("reservation accepted", zap.Stringer("peer", src),
+		// Debug: fresh identities are free, one line each would let anyone fill the log.
+		n.log.Debug("reservation accepted", zap.Stringer("peer", src),
 			zap.Int64("reservations", n.reservations.Load()), zap.Int64("connections", n.conns.Load()))
 
 	case pbv2.HopMessage_CONNECT:
@@ -81,7 +95,7 @@ func (n *Node) handleHop(s network.Stream, inner network.StreamHandler) {
 			return
 		}
 		n.m.circuitReqs.WithLabelValues("opened").Inc()
-		n.log.Info("circuit opened", zap.Stringer("src", src), zap.Stringer("dst", dst),
+		n.log.Debug("circuit opened", zap.Stringer("src", src), zap.Stringer("dst", dst),
 			zap.Int64("circuits", n.circuits.Load()), zap.Int64("connections", n.conns.Load()))
 
 	default:

@@ -28,10 +28,39 @@ const (
 	// streamWindow is what yamux reserves per stream against the resource
 	// manager (its initial receive window).
 	streamWindow = 256 << 10
-	// graceful per-address limits: many Dusk users sit behind one carrier
-	// NAT, which the go-libp2p default (8 conns per IPv4) would lock out.
-	minConnsPerIP = 64
+	// defaultConnsPerIP applies when the config leaves the per-address cap
+	// unset (tests that build config.Relay by hand). Many Dusk users may sit
+	// behind one carrier NAT, which go-libp2p's default (8 per IPv4) locks out.
+	defaultConnsPerIP = 64
+	// requestStreamsPerPeer: rust-libp2p's request-response allowed 100
+	// concurrent streams per connection, and a client in 60 communities
+	// registers them all at once.
+	requestStreamsPerPeer = 128
 )
+
+// connsPerIP is the connection cap per IPv4 address or IPv6 /56.
+func connsPerIP(c config.Relay) int {
+	n := c.MaxConnsPerIP
+	if n < 1 {
+		n = defaultConnsPerIP
+	}
+	return max(1, min(n, c.MaxConns))
+}
+
+// maxReservations resolves 0 (unset) to DUSK_MAX_CONNECTIONS, as config.Load does.
+func maxReservations(c config.Relay) int {
+	if c.MaxReservations > 0 {
+		return c.MaxReservations
+	}
+	return c.MaxConns
+}
+
+// reservationsPerIP caps reservations per IPv4 address or IPv6 /56: a
+// small share of the total, never more than the connections an address
+// may hold. With the Rust parity total (128) that is 2 per address.
+func reservationsPerIP(c config.Relay) int {
+	return max(1, min(connsPerIP(c), max(2, maxReservations(c)/64)))
+}
 
 func fdBudget(maxConns int) int { return maxConns + outboundSlack + fdSlack }
 
@@ -90,12 +119,17 @@ func limitConfig(c config.Relay) rcmgr.ConcreteLimitConfig {
 	proto(identify.IDPush, burst)
 	svc(ping.ServiceName, mc)
 	proto(ping.ID, mc)
-	// Our own protocols (rendezvous, request-response, gossipsub) use the defaults.
+	// Our own protocols (rendezvous, request-response, gossipsub) use the
+	// defaults: many clients at once, and per peer at least the 100
+	// concurrent requests a rust-libp2p client may send on one connection.
 	bumpStreams(&p.ServiceDefault, burst)
 	bumpStreams(&p.ProtocolDefault, burst)
+	bumpStreams(&p.ServicePeerDefault, requestStreamsPerPeer)
+	bumpStreams(&p.ProtocolPeerDefault, requestStreamsPerPeer)
+	bumpStreams(&p.PeerDefault, 2*requestStreamsPerPeer)
 
 	// Relay: a live circuit holds a hop and a stop stream.
-	relayStreams := 2*c.MaxCircuits + min(c.MaxReservations, 4096)
+	relayStreams := 2*c.MaxCircuits + min(maxReservations(c), 4096)
 	svc(relay.ServiceName, relayStreams)
 
 	return p.Build(base)
@@ -115,9 +149,16 @@ func raise64(v *rcmgr.LimitVal64, n int64) {
 	*v = rcmgr.LimitVal64(n)
 }
 
+// newResourceManager caps connections per address prefix so that a few
+// addresses cannot hold the relay full. go-libp2p exempts all of
+// 127.0.0.0/8; only 127.0.0.1 and ::1 are exempt here (local tools and
+// benchmarks), so the caps also hold for the other loopback addresses.
 func newResourceManager(c config.Relay, noMetrics bool) (network.ResourceManager, error) {
-	perIP := max(minConnsPerIP, c.MaxConns/16)
+	perIP := connsPerIP(c)
 	opts := []rcmgr.Option{
+		rcmgr.WithNetworkPrefixLimit(
+			[]rcmgr.NetworkPrefixLimit{{Network: mustPrefix("127.0.0.1/32"), ConnCount: math.MaxInt}},
+			[]rcmgr.NetworkPrefixLimit{{Network: mustPrefix("::1/128"), ConnCount: math.MaxInt}}),
 		rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: perIP}},
 			[]rcmgr.ConnLimitPerSubnet{
@@ -134,11 +175,11 @@ func newResourceManager(c config.Relay, noMetrics bool) (network.ResourceManager
 
 // connRateLimiter keeps go-libp2p's per-address connection rate limiting
 // against floods but with a burst that lets a NAT full of clients reconnect
-// after a relay restart. Loopback is unlimited, as upstream.
+// after a relay restart. 127.0.0.1 and ::1 are unlimited.
 func connRateLimiter(perIP int) *rate.Limiter {
 	return &rate.Limiter{
 		NetworkPrefixLimits: []rate.PrefixLimit{
-			{Prefix: mustPrefix("127.0.0.0/8"), Limit: rate.Limit{}},
+			{Prefix: mustPrefix("127.0.0.1/32"), Limit: rate.Limit{}},
 			{Prefix: mustPrefix("::1/128"), Limit: rate.Limit{}},
 		},
 		SubnetRateLimiter: rate.SubnetLimiter{
@@ -170,16 +211,17 @@ func newConnManager(maxConns int, opts ...connmgr.Option) (*connmgr.BasicConnMgr
 // relayResources maps the Rust relay's limits onto go-libp2p's. go-libp2p
 // counts circuits per peer only (MaxCircuits), keeps one reservation per
 // peer (a second one is a renewal, so DUSK_RELAY_MAX_RESERVATIONS_PER_PEER
-// >= 1 always holds) and adds per-IP/ASN reservation caps, which we set to
-// the total like Rust (no per-IP cap). The total circuit cap is enforced in
-// the hop wrapper.
+// >= 1 always holds) and adds per-IP/ASN reservation caps keyed on the exact
+// address; ours (per IPv4 address or IPv6 /56, see reservationsPerIP) and
+// the total circuit cap are enforced in the hop wrapper.
 func relayResources(c config.Relay) relay.Resources {
 	r := relay.DefaultResources()
+	total := maxReservations(c)
 	r.ReservationTTL = c.ReservationTTL
-	r.MaxReservations = c.MaxReservations
+	r.MaxReservations = total
 	r.MaxReservationsPerPeer = c.MaxReservationsPerPeer
-	r.MaxReservationsPerIP = c.MaxReservations
-	r.MaxReservationsPerASN = c.MaxReservations
+	r.MaxReservationsPerIP = total
+	r.MaxReservationsPerASN = total
 	r.MaxCircuits = c.MaxCircuitsPerPeer
 	r.Limit = relayLimit(c.CircuitDuration, c.CircuitBytes)
 	r.BufferSize = 32 << 10

@@ -12,6 +12,7 @@ type metrics struct {
 	reservationReqs *prometheus.CounterVec
 	circuitReqs     *prometheus.CounterVec
 	relayedBytes    prometheus.Counter
+	idleClosed      prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -28,6 +29,10 @@ func newMetrics() *metrics {
 			Namespace: "dusk", Subsystem: "relay", Name: "relayed_bytes_total",
 			Help: "Bytes relayed through circuits, both directions.",
 		}),
+		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "dusk", Subsystem: "relay", Name: "idle_connections_closed_total",
+			Help: "Inbound connections closed after DUSK_IDLE_CONNECTION_TIMEOUT without a stream or reservation.",
+		}),
 	}
 }
 
@@ -36,7 +41,7 @@ func (m *metrics) register(reg prometheus.Registerer, n *Node) error {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "dusk", Subsystem: "relay", Name: name, Help: help}, f)
 	}
 	for _, c := range []prometheus.Collector{
-		m.reservationReqs, m.circuitReqs, m.relayedBytes,
+		m.reservationReqs, m.circuitReqs, m.relayedBytes, m.idleClosed,
 		gauge("connections", "Open libp2p connections.", func() float64 { return float64(n.conns.Load()) }),
 		gauge("reservations", "Active relay v2 reservations.", func() float64 { return float64(n.reservations.Load()) }),
 		gauge("circuits", "Relayed circuits, live or being set up.", func() float64 { return float64(n.circuits.Load()) }),

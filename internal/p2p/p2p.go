@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,8 +85,13 @@ type Node struct {
 	m            *metrics
 	tr           *tracer
 
-	rsvMu    sync.Mutex
-	reserved map[peer.ID]time.Time // expiry; only to tell new from renewed
+	rsvMu     sync.Mutex
+	reserved  map[peer.ID]rsv      // see reserve.go
+	perPrefix map[netip.Prefix]int // reservations per IPv4 address / IPv6 /56
+	rsvPerIP  int
+
+	act                  *activity // last stream per peer, see idle.go
+	sweepStop, sweepDone chan struct{}
 
 	idSub  event.Subscription
 	idDone chan struct{}
@@ -111,10 +117,13 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		opts.Version = "dev"
 	}
 	n := &Node{
-		log:      log,
-		cfg:      cfg,
-		reserved: make(map[peer.ID]time.Time),
-		m:        newMetrics(),
+		log:       log,
+		cfg:       cfg,
+		reserved:  make(map[peer.ID]rsv),
+		perPrefix: make(map[netip.Prefix]int),
+		rsvPerIP:  reservationsPerIP(cfg),
+		act:       &activity{last: make(map[peer.ID]time.Time)},
+		m:         newMetrics(),
 	}
 	var err error
 	if n.public, err = publicAddrs(opts.PublicIP, opts.PublicHost); err != nil {
@@ -142,7 +151,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		_ = rm.Close()
 		return nil, fmt.Errorf("p2p: connection manager: %w", err)
 	}
-	n.rm = rm
+	n.rm = &activityRM{ResourceManager: rm, act: n.act}
 
 	lopts := []libp2p.Option{
 		libp2p.Identity(key),
@@ -161,7 +170,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		// no UPnP/NAT-PMP, and no AutoNAT probing (we are public by design).
 		libp2p.DisableRelay(),
 		libp2p.ForceReachabilityPublic(),
-		libp2p.ResourceManager(rm),
+		libp2p.ResourceManager(n.rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.AddrsFactory(n.announce),
 	}
@@ -218,14 +227,19 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 			return fail(fmt.Errorf("p2p: metrics: %w", err))
 		}
 	}
+	n.sweepStop, n.sweepDone = make(chan struct{}), make(chan struct{})
+	go n.sweepLoop(n.sweepStop, n.sweepDone)
 
 	log.Info("libp2p host started",
 		zap.Stringer("peer_id", h.ID()),
 		zap.String("protocol_version", ProtocolVersion),
 		zap.String("agent", AgentPrefix+opts.Version),
-		zap.Int("max_connections", cfg.MaxConns))
+		zap.Int("max_connections", cfg.MaxConns),
+		zap.Int("max_connections_per_ip", connsPerIP(cfg)),
+		zap.String("idle_connection_timeout", unlimitedIfZero(cfg.IdleConnTimeout, cfg.IdleConnTimeout.String())))
 	log.Info("relay v2 limits",
 		zap.Int("max_reservations", res.MaxReservations),
+		zap.Int("max_reservations_per_ip", n.rsvPerIP),
 		zap.Int("max_circuits", cfg.MaxCircuits),
 		zap.Int("max_circuits_per_peer", res.MaxCircuits),
 		zap.Duration("reservation_ttl", res.ReservationTTL),
@@ -292,6 +306,10 @@ func (n *Node) Circuits() int { return int(n.circuits.Load()) }
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
+		if n.sweepStop != nil {
+			close(n.sweepStop)
+			<-n.sweepDone
+		}
 		if n.relay != nil {
 			errs = append(errs, n.relay.Close())
 		}
@@ -378,32 +396,12 @@ func (n *Node) disconnected(nw network.Network, c network.Conn) {
 	p := c.RemotePeer()
 	if nw.Connectedness(p) != network.Connected {
 		// The relay drops a peer's reservation when its last connection goes.
-		n.rsvMu.Lock()
-		delete(n.reserved, p)
-		n.rsvMu.Unlock()
+		n.dropReservation(p)
+		n.act.forget(p)
 	}
 	if ce := n.log.Check(zap.DebugLevel, "peer disconnected"); ce != nil {
 		ce.Write(zap.Stringer("peer", p), zap.Int64("connections", total))
 	}
-}
-
-// noteReservation records p's reservation and reports whether it renewed a
-// live one.
-func (n *Node) noteReservation(p peer.ID) (renewed bool) {
-	now := time.Now()
-	n.rsvMu.Lock()
-	defer n.rsvMu.Unlock()
-	exp, ok := n.reserved[p]
-	renewed = ok && now.Before(exp)
-	if !ok && len(n.reserved) >= n.cfg.MaxReservations {
-		for q, e := range n.reserved { // bounded: at most MaxReservations live entries
-			if !now.Before(e) {
-				delete(n.reserved, q)
-			}
-		}
-	}
-	n.reserved[p] = now.Add(n.cfg.ReservationTTL)
-	return renewed
 }
 
 // relayHost hands the relay service a host whose hop handler we wrap, so we
@@ -427,10 +425,13 @@ func unlimitedIfZero[T time.Duration | int64](v T, s string) string {
 	return s
 }
 
-// smallBacklogYamux: go-libp2p's yamux transport with a 32-stream accept
-// backlog instead of 256 (the backlog channel is allocated per connection).
+// smallBacklogYamux: go-libp2p's yamux transport with a smaller accept
+// backlog than its 256 (the backlog channel is allocated per connection,
+// 8 bytes a slot). Streams beyond the backlog that arrive in one burst are
+// reset, so it holds the requests a rust-libp2p client may send at once on
+// one connection (32 reset a third of 100 concurrent registrations).
 func smallBacklogYamux() *yamux.Transport {
 	t := *yamux.DefaultTransport
-	t.AcceptBacklog = 32
+	t.AcceptBacklog = requestStreamsPerPeer
 	return &t
 }

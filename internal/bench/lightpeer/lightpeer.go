@@ -65,6 +65,12 @@ func NewKey() (crypto.PrivKey, peer.ID, error) {
 
 // Dial connects to remote at addr as key (a fresh identity when nil).
 func Dial(ctx context.Context, key crypto.PrivKey, addr ma.Multiaddr, remote peer.ID) (*Conn, error) {
+	return DialFrom(ctx, key, nil, addr, remote)
+}
+
+// DialFrom is Dial from a chosen local address (e.g. /ip4/127.0.0.2/tcp/0,
+// to stand for another client address on loopback); nil lets the kernel pick.
+func DialFrom(ctx context.Context, key crypto.PrivKey, local, addr ma.Multiaddr, remote peer.ID) (*Conn, error) {
 	if key == nil {
 		var err error
 		if key, _, err = NewKey(); err != nil {
@@ -83,7 +89,7 @@ func Dial(ctx context.Context, key crypto.PrivKey, addr ma.Multiaddr, remote pee
 	if err != nil {
 		return nil, fmt.Errorf("lightpeer: upgrader: %w", err)
 	}
-	var d manet.Dialer
+	d := manet.Dialer{LocalAddr: local}
 	raw, err := d.DialContext(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("lightpeer: dial: %w", err)

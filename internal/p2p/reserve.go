@@ -1,0 +1,147 @@
+package p2p
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// Reservations per address: identities are free, so without a cap per
+// source address a few addresses take every reservation. go-libp2p's relay
+// counts per exact IP only; the node counts per IPv4 address and IPv6 /56
+// (what one subscriber gets) and refuses a new reservation beyond
+// reservationsPerIP. Renewals are always admitted.
+
+type rsv struct {
+	exp time.Time
+	key netip.Prefix
+}
+
+// addrKey is the prefix a connection's reservations are counted under.
+// The zero prefix (no IP, e.g. a relayed connection) is not capped.
+func addrKey(a ma.Multiaddr) netip.Prefix {
+	ip, err := manet.ToIP(a)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Prefix{}
+	}
+	addr = addr.Unmap()
+	bits := 32
+	if addr.Is6() {
+		bits = 56
+	}
+	p, err := addr.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
+}
+
+// admitReservation decides a RESERVE request before the relay sees it.
+// A new reservation takes a slot of its address prefix at once (so
+// concurrent requests cannot overshoot the cap); settleReservation gives
+// it back when the relay refuses.
+func (n *Node) admitReservation(p peer.ID, remote ma.Multiaddr) (renewal, ok bool) {
+	now := time.Now()
+	key := addrKey(remote)
+	n.rsvMu.Lock()
+	defer n.rsvMu.Unlock()
+	if r, held := n.reserved[p]; held && now.Before(r.exp) {
+		return true, true
+	}
+	if old, held := n.reserved[p]; held { // expired, not yet swept
+		n.dropLocked(p, old)
+	}
+	if key.IsValid() && n.perPrefix[key] >= n.rsvPerIP {
+		return false, false
+	}
+	n.reserved[p] = rsv{exp: now.Add(n.cfg.ReservationTTL), key: key}
+	if key.IsValid() {
+		n.perPrefix[key]++
+	}
+	return false, true
+}
+
+// settleReservation records the relay's answer to an admitted request.
+func (n *Node) settleReservation(p peer.ID, renewal, accepted bool) {
+	// Asked before taking the lock, which the disconnect notification takes.
+	gone := n.h.Network().Connectedness(p) != network.Connected
+	n.rsvMu.Lock()
+	defer n.rsvMu.Unlock()
+	r, held := n.reserved[p]
+	if !held {
+		return // the peer disconnected meanwhile
+	}
+	switch {
+	case accepted && gone:
+		// The disconnect notification may have run before admitReservation.
+		n.dropLocked(p, r)
+	case accepted:
+		r.exp = time.Now().Add(n.cfg.ReservationTTL)
+		n.reserved[p] = r
+	case !renewal:
+		n.dropLocked(p, r)
+	}
+}
+
+func (n *Node) dropLocked(p peer.ID, r rsv) {
+	delete(n.reserved, p)
+	if !r.key.IsValid() {
+		return
+	}
+	if c := n.perPrefix[r.key] - 1; c > 0 {
+		n.perPrefix[r.key] = c
+	} else {
+		delete(n.perPrefix, r.key)
+	}
+}
+
+// dropReservation forgets p's reservation (its last connection closed:
+// the relay drops the reservation too).
+func (n *Node) dropReservation(p peer.ID) {
+	n.rsvMu.Lock()
+	defer n.rsvMu.Unlock()
+	if r, held := n.reserved[p]; held {
+		n.dropLocked(p, r)
+	}
+}
+
+// expireReservations forgets reservations that were not renewed in time.
+func (n *Node) expireReservations(now time.Time) {
+	n.rsvMu.Lock()
+	defer n.rsvMu.Unlock()
+	for p, r := range n.reserved {
+		if !now.Before(r.exp) {
+			n.dropLocked(p, r)
+		}
+	}
+}
+
+func (n *Node) hasReservation(p peer.ID, now time.Time) bool {
+	n.rsvMu.Lock()
+	defer n.rsvMu.Unlock()
+	r, held := n.reserved[p]
+	return held && now.Before(r.exp)
+}
+
+// reservationsFrom is the number of reservations counted under a's prefix.
+func (n *Node) reservationsFrom(a netip.Addr) int {
+	n.rsvMu.Lock()
+	defer n.rsvMu.Unlock()
+	bits := 32
+	if a.Unmap().Is6() {
+		bits = 56
+	}
+	k, err := a.Unmap().Prefix(bits)
+	if err != nil {
+		return 0
+	}
+	return n.perPrefix[k]
+}
