@@ -42,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case "healthcheck":
 			return healthcheck(stderr)
+		case "import-directory":
+			return importDirectory(args[1:], stdout, stderr)
 		default:
 			fmt.Fprintf(stderr, "dusk-relay: unknown argument %q (try --help)\n", args[0])
 			return exitUsage

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -129,13 +128,13 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		turncreds.New(cfg.TURN, nil, log.Named("turncreds"), reg).Attach(ctx, h)
 	}
 
-	store, err := directory.Open(filepath.Join(cfg.DataDir, directory.FileName), log.Named("directory"))
+	store, err := openDirectory(ctx, cfg, log.Named("directory"))
 	if err != nil {
 		return err // the store's errors already name the directory
 	}
 	onStop("directory", closer(store.Close))
 	if ops != nil {
-		ops.AddCheck("directory", func() error {
+		ops.AddCheck("directory ("+store.Engine()+")", func() error {
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			return store.Ping(pctx)
@@ -247,5 +246,7 @@ func logStartup(log *zap.Logger, cfg *config.Config, version string) {
 		zap.String("turn_secret", secret),
 		zap.String("klipy_api_key", klipy),
 		zap.String("metrics_addr", cfg.MetricsAddr),
+		zap.String("directory", cfg.DirectoryEngine()),
+		zap.String("directory_url", config.RedactURL(cfg.DirectoryURL)),
 	)
 }

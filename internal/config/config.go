@@ -146,6 +146,9 @@ type Directory struct {
 	DirectorySearchPerMinute          int           `envconfig:"DUSK_DIRECTORY_SEARCH_PER_MINUTE" default:"60" desc:"directory: Search requests allowed per peer per minute (burst the same; ten times that per source address)"`
 	DirectoryMaxRows                  int64         `envconfig:"DUSK_DIRECTORY_MAX_ROWS" default:"1000000" desc:"directory: most profiles kept; beyond it the profiles seen longest ago are evicted"`
 	DirectoryExpiry                   time.Duration `envconfig:"DUSK_DIRECTORY_EXPIRY" default:"720h" desc:"directory: profiles not refreshed for this long are deleted (clients refresh every 2 min while online)"`
+	// DirectoryURL puts the directory in PostgreSQL, shared by the relays
+	// of a cluster; unset, it is the SQLite file in the data dir.
+	DirectoryURL string `envconfig:"DUSK_DIRECTORY_URL" desc:"directory in PostgreSQL, shared by a cluster's relays: postgres://user:password@host:5432/db (unset: SQLite file in the data dir)"`
 }
 
 // Metrics configures the HTTP operations endpoint.
@@ -325,6 +328,9 @@ func (c *Config) Validate() error {
 	if c.DirectoryExpiry < time.Hour {
 		// Must stay far above the clients' 2-minute refresh.
 		return bad("DUSK_DIRECTORY_EXPIRY", c.DirectoryExpiry.String(), "must be >= 1h")
+	}
+	if err := validateEngineURL("DUSK_DIRECTORY_URL", c.DirectoryURL, "postgres", "postgresql"); err != nil {
+		return err
 	}
 	if c.MetricsEnabled() {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
