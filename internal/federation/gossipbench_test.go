@@ -232,7 +232,14 @@ func runBenchRelay() int {
 		return 1
 	}
 	defer func() { _ = h.Close() }()
-	f, err := New(context.Background(), h, config.Relay{}, zap.NewNop(), prometheus.NewRegistry(), WithRelayTopics("dusk/directory", "dusk/sync"))
+	// DUSK_FANOUT_RETRANSMISSION overrides GossipRetransmission for an A/B.
+	retrans, _ := strconv.Atoi(os.Getenv("DUSK_FANOUT_RETRANSMISSION"))
+	f, err := New(context.Background(), h, config.Relay{}, zap.NewNop(), prometheus.NewRegistry(), WithRelayTopics("dusk/directory", "dusk/sync"),
+		withParams(func(p *pubsub.GossipSubParams) {
+			if retrans > 0 {
+				p.GossipRetransmission = retrans
+			}
+		}))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -398,4 +405,3 @@ func BenchmarkGossipFanout(b *testing.B) {
 		(s2["sent_msgs"]-s1["sent_msgs"])/msgs, (s2["ihave_ids"]-s1["ihave_ids"])/msgs, s2["dropped"],
 		len(lat), msgs*(n-1), pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1))
 }
-
