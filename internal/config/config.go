@@ -267,30 +267,6 @@ func (c *Config) Validate() error {
 		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR", fmt.Sprint(c.MaxBytesPerAddr),
 			"must be between DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER and DUSK_RENDEZVOUS_MAX_BYTES")
 	}
-	// One registration of the largest record (4 KiB) must fit in every budget.
-	if c.MaxBytesPerPeer < 16<<10 {
-		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER", fmt.Sprint(c.MaxBytesPerPeer), "must be >= 16384")
-	}
-	if c.MaxBytesPerAddr < c.MaxBytesPerPeer || c.MaxBytesPerAddr > c.Rendezvous.MaxBytes {
-		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR", fmt.Sprint(c.MaxBytesPerAddr),
-			"must be between DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER and DUSK_RENDEZVOUS_MAX_BYTES")
-	}
-	// One registration of the largest record (4 KiB) must fit in every budget.
-	if c.MaxBytesPerPeer < 16<<10 {
-		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER", fmt.Sprint(c.MaxBytesPerPeer), "must be >= 16384")
-	}
-	if c.MaxBytesPerAddr < c.MaxBytesPerPeer || c.MaxBytesPerAddr > c.Rendezvous.MaxBytes {
-		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR", fmt.Sprint(c.MaxBytesPerAddr),
-			"must be between DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER and DUSK_RENDEZVOUS_MAX_BYTES")
-	}
-	// One registration of the largest record (4 KiB) must fit in every budget.
-	if c.MaxBytesPerPeer < 16<<10 {
-		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER", fmt.Sprint(c.MaxBytesPerPeer), "must be >= 16384")
-	}
-	if c.MaxBytesPerAddr < c.MaxBytesPerPeer || c.MaxBytesPerAddr > c.Rendezvous.MaxBytes {
-		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR", fmt.Sprint(c.MaxBytesPerAddr),
-			"must be between DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER and DUSK_RENDEZVOUS_MAX_BYTES")
-	}
 	if c.CircuitDuration < 0 {
 		return bad("DUSK_RELAY_CIRCUIT_DURATION", c.CircuitDuration.String(), "must not be negative")
 	}
@@ -314,24 +290,6 @@ func (c *Config) Validate() error {
 	} else if bool(c.TURN.Enabled) && !ip.Unmap().Is4() {
 		// pion/turn opens IPv4 relay sockets only.
 		return bad("DUSK_TURN_PUBLIC_IP", c.PublicIP, "must be an IPv4 address while TURN is enabled")
-	}
-	// Only while TURN is on: the secret is used by nothing else. Its
-	// value is never echoed (Error prints Value), only its length.
-	if bool(c.TURN.Enabled) && c.Secret != "" && len(c.Secret) < MinTURNSecret {
-		return bad("DUSK_TURN_SECRET", fmt.Sprintf("<%d bytes>", len(c.Secret)),
-			"must be at least %d bytes (e.g. openssl rand -hex 32): anyone could guess a shorter one and mint TURN credentials", MinTURNSecret)
-	}
-	// Only while TURN is on: the secret is used by nothing else. Its
-	// value is never echoed (Error prints Value), only its length.
-	if bool(c.TURN.Enabled) && c.Secret != "" && len(c.Secret) < MinTURNSecret {
-		return bad("DUSK_TURN_SECRET", fmt.Sprintf("<%d bytes>", len(c.Secret)),
-			"must be at least %d bytes (e.g. openssl rand -hex 32): anyone could guess a shorter one and mint TURN credentials", MinTURNSecret)
-	}
-	// Only while TURN is on: the secret is used by nothing else. Its
-	// value is never echoed (Error prints Value), only its length.
-	if bool(c.TURN.Enabled) && c.Secret != "" && len(c.Secret) < MinTURNSecret {
-		return bad("DUSK_TURN_SECRET", fmt.Sprintf("<%d bytes>", len(c.Secret)),
-			"must be at least %d bytes (e.g. openssl rand -hex 32): anyone could guess a shorter one and mint TURN credentials", MinTURNSecret)
 	}
 	// Only while TURN is on: the secret is used by nothing else. Its
 	// value is never echoed (Error prints Value), only its length.
