@@ -62,10 +62,11 @@ func newRateLimit(bytesPerSec int) rateLimit {
 	if bytesPerSec <= 0 {
 		return rateLimit{}
 	}
-	burstBytes := max(int64(bytesPerSec)*int64(bucketBurst)/int64(time.Second), minBurstBytes)
+	// The burst is bucketBurst of the rate, or minBurstBytes if longer;
+	// computed in time so no product overflows at any rate.
 	return rateLimit{
-		perByte: (int64(time.Second) << rateShift) / int64(bytesPerSec),
-		burst:   burstBytes * int64(time.Second) / int64(bytesPerSec),
+		perByte: max((int64(time.Second)<<rateShift)/int64(bytesPerSec), 1),
+		burst:   max(int64(bucketBurst), minBurstBytes*int64(time.Second)/int64(bytesPerSec)),
 	}
 }
 

@@ -50,9 +50,15 @@ func TestBucketRate(t *testing.T) {
 			t.Fatal("disabled limit dropped a packet")
 		}
 	}
-	// At a rate in the gigabytes the per-byte cost still is not zero.
-	if l := newRateLimit(3_000_000_000); l.perByte == 0 {
-		t.Fatal("3 GB/s rounds to no limit")
+	// At a rate in the gigabytes the per-byte cost still is not zero, and
+	// no rate overflows the burst.
+	for _, r := range []int{3_000_000_000, 1 << 40, 1<<63 - 1} {
+		if l := newRateLimit(r); l.perByte <= 0 || l.burst != int64(bucketBurst) {
+			t.Fatalf("rate %d: %+v", r, l)
+		}
+	}
+	if l := newRateLimit(1_000_000); l.burst != int64(bucketBurst) {
+		t.Fatalf("default rate: burst %v, want %v", time.Duration(l.burst), bucketBurst)
 	}
 }
 
@@ -198,5 +204,25 @@ func TestPermissionDeletedByPion(t *testing.T) {
 	_, _ = c.WriteTo([]byte("x"), peer)
 	if n := len(c.PacketConn.(*recordConn).sent); n != 1 || s.ctr.permDropped.Load() != 1 {
 		t.Fatalf("after pion deleted the permission: %d sent, %d dropped", n, s.ctr.permDropped.Load())
+	}
+}
+
+// The per-packet cost of the permission check and the bandwidth limiter
+// (the work relayConn adds to every relayed datagram), limiter off and on.
+func BenchmarkAllocGuard(b *testing.B) {
+	for _, bps := range []int{0, 1 << 40} {
+		b.Run(fmt.Sprintf("bps=%d", bps), func(b *testing.B) {
+			s := &Server{filter: NewPeerFilter(nil, nil, nil), relays: newRelaySet(), clock: newMonoClock(), rate: newRateLimit(bps)}
+			c := &relayConn{PacketConn: &recordConn{}, s: s}
+			from := netip.MustParseAddrPort("8.8.8.8:5000")
+			permitForTest(c, "8.8.8.8")
+			bc := &boundChan{peer: from, relay: c, perm: c.perms.ref(from.Addr(), s.clock.now())}
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if !c.admitFromPeer(1200, from, bc) {
+					b.Fatal("dropped")
+				}
+			}
+		})
 	}
 }

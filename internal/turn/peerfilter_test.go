@@ -4,7 +4,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 )
 
 func TestPeerFilterDenyTable(t *testing.T) {
@@ -210,4 +215,70 @@ func FuzzPeerFilter(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Azure's platform address (DNS, DHCP, WireServer) is public-looking but
+// reachable only from inside Azure: never a peer.
+func TestPeerFilterDeniesAzureWireServer(t *testing.T) {
+	f := NewPeerFilter(nil, nil, nil)
+	for _, a := range []string{"168.63.129.16", "::ffff:168.63.129.16", "64:ff9b::a83f:8110"} {
+		if v := f.Check(netip.MustParseAddr(a)); v != Deny {
+			t.Errorf("%s: %v, want deny", a, v)
+		}
+	}
+	for _, a := range []string{"168.63.129.15", "168.63.129.17"} {
+		if v := f.Check(netip.MustParseAddr(a)); v != Allow {
+			t.Errorf("%s: %v, want allow (only the /32 is Azure's)", a, v)
+		}
+	}
+}
+
+// An address the host gains after start (DHCP, a floating IP) becomes own
+// host at the next refresh: its other services are off limits to relayed
+// packets, and one it loses is an ordinary peer again.
+func TestOwnAddressesRefreshed(t *testing.T) {
+	added := netip.MustParseAddr("8.8.4.4")
+	var mu sync.Mutex
+	addrs := []netip.Addr{netip.MustParseAddr("203.0.113.9")}
+	source := func() []netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(addrs)
+	}
+	s := &Server{filter: NewPeerFilter(nil, nil, source()), relays: newRelaySet(), clock: newMonoClock()}
+	rec := &recordConn{}
+	c := &relayConn{PacketConn: rec, s: s}
+	permitForTest(c, added.String())
+	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(added, 22))
+	_, _ = c.WriteTo([]byte("x"), to)
+	if len(rec.sent) != 1 || s.filter.Check(added) != Allow {
+		t.Fatalf("before the host has %v: sent %v, verdict %v", added, rec.sent, s.filter.Check(added))
+	}
+
+	w := startOwnWatcher(s.filter, source, 10*time.Millisecond, zap.NewNop())
+	defer w.close()
+	mu.Lock()
+	addrs = append(addrs, added)
+	mu.Unlock()
+	waitFor(t, "new own address picked up", func() bool { return s.filter.Check(added) == OwnHost })
+	_, _ = c.WriteTo([]byte("x"), to)
+	if len(rec.sent) != 1 || s.ctr.ownHostDropped.Load() != 1 {
+		t.Fatalf("after refresh: sent %v, own-host drops %d; want the packet to port 22 dropped", rec.sent, s.ctr.ownHostDropped.Load())
+	}
+
+	mu.Lock()
+	addrs = addrs[:1]
+	mu.Unlock()
+	waitFor(t, "lost address released", func() bool { return s.filter.Check(added) == Allow })
+}
+
+func TestSetOwnReportsChange(t *testing.T) {
+	a, b := netip.MustParseAddr("8.8.4.4"), netip.MustParseAddr("8.8.8.8")
+	f := NewPeerFilter(nil, nil, []netip.Addr{a})
+	if f.SetOwn([]netip.Addr{a}) {
+		t.Fatal("same set reported as changed")
+	}
+	if !f.SetOwn([]netip.Addr{a, b}) || !f.SetOwn([]netip.Addr{b}) {
+		t.Fatal("change not reported")
+	}
 }
