@@ -154,7 +154,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	// The clients' topics are forwarded by default: two clients that reach
 	// each other only through this relay sync over it, as with the Rust relay.
 	fed, err := federation.New(ctx, h, cfg.Relay, log.Named("federation"), reg,
-		federation.WithRelayTopics(cfg.GossipClientTopics...))
+		federation.WithRelayTopics(cfg.GossipClientTopics...), federation.WithClientRate(cfg.GossipClientBPS))
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}

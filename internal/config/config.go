@@ -70,6 +70,7 @@ type Relay struct {
 	MaxConns               int           `envconfig:"DUSK_MAX_CONNECTIONS" default:"10000" desc:"max established connections"`
 	PeerRelays             MultiaddrList `envconfig:"DUSK_PEER_RELAYS" desc:"comma list of peer-relay multiaddrs (with /p2p/) for federation"`
 	GossipClientTopics     TopicList     `envconfig:"DUSK_GOSSIP_CLIENT_TOPICS" default:"dusk/directory,dusk/sync" desc:"comma list of client gossipsub topics the relay subscribes and forwards (empty or off: none)"`
+	GossipClientBPS        int64         `envconfig:"DUSK_GOSSIP_CLIENT_BYTES_PER_SEC" default:"262144" desc:"client-topic bytes/s forwarded per sender address (IPv4 /32, IPv6 /56), 32 s burst; excess not forwarded (0: no limit)"`
 	MaxConnsPerIP          int           `envconfig:"DUSK_MAX_CONNECTIONS_PER_IP" default:"64" desc:"max libp2p connections per IPv4 address or IPv6 /56 (4x that per /48); 127.0.0.1 and ::1 are exempt"`
 	IdleConnTimeout        time.Duration `envconfig:"DUSK_IDLE_CONNECTION_TIMEOUT" default:"5m" desc:"close an inbound libp2p connection after this long without a stream while its peer holds no reservation (0 = never)"`
 	MaxReservations        int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS" desc:"relay v2: max reservations in total (default: DUSK_MAX_CONNECTIONS; the Rust relay used 128)"`
@@ -233,6 +234,10 @@ func (c *Config) Validate() error {
 	}
 	if slices.Contains(c.GossipClientTopics, federationTopic) {
 		return bad("DUSK_GOSSIP_CLIENT_TOPICS", federationTopic, "the federation topic is not a client topic")
+	}
+	// The 32 s burst must hold one 64 KiB message.
+	if c.GossipClientBPS != 0 && c.GossipClientBPS < 2048 {
+		return bad("DUSK_GOSSIP_CLIENT_BYTES_PER_SEC", fmt.Sprint(c.GossipClientBPS), "must be 0 (no limit) or >= 2048")
 	}
 	for name, v := range map[string]int{
 		"DUSK_RELAY_MAX_RESERVATIONS":                 c.MaxReservations,

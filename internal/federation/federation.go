@@ -92,6 +92,14 @@ type options struct {
 	minBackoff  time.Duration
 	maxBackoff  time.Duration
 	tune        func(*pubsub.GossipSubParams)
+	clientBPS   int64
+}
+
+// WithClientRate bounds the client-topic bytes accepted for forwarding
+// per sender address prefix (IPv4 /32, IPv6 /56), with a 32 s burst;
+// excess is not forwarded and is counted. 0 means no bound.
+func WithClientRate(bytesPerSec int64) Option {
+	return func(o *options) { o.clientBPS = max(bytesPerSec, 0) }
 }
 
 // withParams adjusts the router parameters (measurement harness only).
@@ -142,6 +150,7 @@ type Federation struct {
 	ps        *pubsub.PubSub
 	topic     *pubsub.Topic
 	forwarded []relayed
+	limited   []string // client topics with a rate validator
 	sub       *pubsub.Subscription
 	evSub     event.Subscription
 	queue     chan Gossip
@@ -260,7 +269,23 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		_ = f.topic.Close()
 		return fail(fmt.Errorf("federation: event bus: %w", err))
 	}
+	var lim *clientLimiter
+	if o.clientBPS > 0 {
+		lim = newClientLimiter(h, f.self, f.members, o.clientBPS, func(topic string) {
+			f.m.gossip.throttled.WithLabelValues(topic).Inc()
+		})
+	}
 	for _, name := range o.relayTopics {
+		if lim != nil {
+			if err := f.ps.RegisterTopicValidator(name, lim.validate, pubsub.WithValidatorInline(true)); err != nil {
+				f.closeRelayed()
+				_ = f.evSub.Close()
+				f.sub.Cancel()
+				_ = f.topic.Close()
+				return fail(fmt.Errorf("federation: validator %s: %w", name, err))
+			}
+			f.limited = append(f.limited, name)
+		}
 		t, err := f.ps.Join(name)
 		if err == nil {
 			var stop pubsub.RelayCancelFunc
@@ -361,6 +386,10 @@ func (f *Federation) closeRelayed() {
 		_ = r.topic.Close()
 	}
 	f.forwarded = nil
+	for _, name := range f.limited {
+		_ = f.ps.UnregisterTopicValidator(name)
+	}
+	f.limited = nil
 }
 
 func removeHandlers(h host.Host) {

@@ -21,8 +21,8 @@ const otherTopic = "other"
 // gossipMetrics counts the relay's gossip traffic per topic (a fixed, small
 // set of labels; no per-peer labels).
 type gossipMetrics struct {
-	recvMsgs, recvBytes, sentMsgs, sentBytes, ihaveIDs *prometheus.CounterVec
-	droppedRPCs                                        prometheus.Counter
+	recvMsgs, recvBytes, sentMsgs, sentBytes, ihaveIDs, throttled *prometheus.CounterVec
+	droppedRPCs                                                   prometheus.Counter
 }
 
 func newGossipMetrics() gossipMetrics {
@@ -35,13 +35,14 @@ func newGossipMetrics() gossipMetrics {
 		sentMsgs:  cv("sent_messages_total", "gossip message copies sent to peers (mesh, direct, IWANT answers), per topic"),
 		sentBytes: cv("sent_bytes_total", "data bytes of gossip message copies sent to peers, per topic"),
 		ihaveIDs:  cv("ihave_ids_sent_total", "message ids advertised in IHAVE to peers, per topic"),
+		throttled: cv("throttled_messages_total", "client-topic messages not forwarded because their sender's address exceeded DUSK_GOSSIP_CLIENT_BYTES_PER_SEC, per topic"),
 		droppedRPCs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "dusk", Subsystem: "gossip", Name: "dropped_rpcs_total",
 			Help: "RPCs to peers dropped because the peer's outbound queue was full"}),
 	}
 }
 
 func (g gossipMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{g.recvMsgs, g.recvBytes, g.sentMsgs, g.sentBytes, g.ihaveIDs, g.droppedRPCs}
+	return []prometheus.Collector{g.recvMsgs, g.recvBytes, g.sentMsgs, g.sentBytes, g.ihaveIDs, g.throttled, g.droppedRPCs}
 }
 
 // topicCounters are one topic's resolved counters, so the router's event

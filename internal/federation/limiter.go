@@ -1,0 +1,140 @@
+package federation
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+const (
+	// burstSeconds sizes a sender's burst: at the default rate 32 s of
+	// traffic (8 MiB), room for a client answering one RequestSync with
+	// a 64 KiB DocumentOffer for each of 128 communities.
+	burstSeconds = 32
+	// maxBuckets bounds the limiter's memory; full buckets are dropped
+	// first (a full bucket is the same as no bucket).
+	maxBuckets = 1 << 16
+)
+
+// clientLimiter bounds the client-topic bytes the relay accepts for
+// forwarding from one sender's address prefix (IPv4 /32, IPv6 /56).
+// Forwarding amplifies: each accepted byte goes to every subscribed client
+// (about 1.3 × subscribers bytes out per byte in, measured), so without a
+// bound one peer could make the relay send a thousand times its own rate.
+// Peer relays are exempt: they carry many clients' messages.
+type clientLimiter struct {
+	h       host.Host
+	self    peer.ID
+	members map[peer.ID]struct{}
+	rate    float64 // bytes per second
+	burst   float64
+	now     func() time.Time
+	onDrop  func(topic string)
+
+	mu      sync.Mutex
+	buckets map[netip.Prefix]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newClientLimiter(h host.Host, self peer.ID, members map[peer.ID]struct{}, bytesPerSec int64, onDrop func(string)) *clientLimiter {
+	return &clientLimiter{
+		h: h, self: self, members: members,
+		rate: float64(bytesPerSec), burst: float64(bytesPerSec) * burstSeconds,
+		now: time.Now, onDrop: onDrop,
+		buckets: make(map[netip.Prefix]*bucket),
+	}
+}
+
+// validate is an inline topic validator: it looks at the sender and the
+// size only, never at the content.
+func (l *clientLimiter) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if from == l.self {
+		return pubsub.ValidationAccept
+	}
+	if _, ok := l.members[from]; ok {
+		return pubsub.ValidationAccept
+	}
+	key, ok := l.prefixOf(from)
+	if !ok {
+		// No connection left to attribute it to: do not forward.
+		l.onDrop(msg.GetTopic())
+		return pubsub.ValidationIgnore
+	}
+	if !l.take(key, float64(len(msg.Data))) {
+		l.onDrop(msg.GetTopic())
+		return pubsub.ValidationIgnore
+	}
+	return pubsub.ValidationAccept
+}
+
+func (l *clientLimiter) prefixOf(p peer.ID) (netip.Prefix, bool) {
+	for _, c := range l.h.Network().ConnsToPeer(p) {
+		ip, err := manet.ToIP(c.RemoteMultiaddr())
+		if err != nil {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			continue
+		}
+		return addrPrefix(a), true
+	}
+	return netip.Prefix{}, false
+}
+
+// addrPrefix keys IPv4 by address and IPv6 by /56 (one subscriber's
+// allocation).
+func addrPrefix(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	bits := 32
+	if a.Is6() {
+		bits = 56
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+func (l *clientLimiter) take(key netip.Prefix, n float64) bool {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[key]
+	if b == nil {
+		if len(l.buckets) >= maxBuckets {
+			l.pruneLocked(now)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+	if b.tokens < n {
+		return false
+	}
+	b.tokens -= n
+	return true
+}
+
+// pruneLocked drops buckets that have refilled; if none has, the whole
+// map (an attacker owning 65k prefixes gets a fresh burst each, which a
+// bounded map cannot avoid).
+func (l *clientLimiter) pruneLocked(now time.Time) {
+	for k, b := range l.buckets {
+		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+			delete(l.buckets, k)
+		}
+	}
+	if len(l.buckets) >= maxBuckets {
+		clear(l.buckets)
+	}
+}
