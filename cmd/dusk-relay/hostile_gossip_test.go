@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -250,4 +252,107 @@ func TestGossipClientTopicsThroughDaemon(t *testing.T) {
 	if strings.Contains(d.logs(), "RequestSync") {
 		t.Error("client gossip content in the daemon's log")
 	}
+}
+
+// appGossip joins topics on one app-configured router on h (the relay as
+// an explicit peer, the Rust message id) and connects h to the daemon.
+func appGossip(ctx context.Context, t *testing.T, h host.Host, d *daemon, topics ...string) map[string]*gossipPeer {
+	t.Helper()
+	relay := peer.AddrInfo{ID: d.peerID, Addrs: d.addrs}
+	params := pubsub.DefaultGossipSubParams()
+	params.HeartbeatInterval = time.Second
+	params.HistoryLength, params.HistoryGossip = 5, 3
+	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithGossipSubParams(params), pubsub.WithMaxMessageSize(federation.MaxMessageSize),
+		pubsub.WithMessageIdFn(federation.MessageID), pubsub.WithDirectPeers([]peer.AddrInfo{relay}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*gossipPeer{}
+	for _, name := range topics {
+		p := &gossipPeer{h: h}
+		if p.topic, err = ps.Join(name); err != nil {
+			t.Fatal(err)
+		}
+		if p.sub, err = p.topic.Subscribe(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				m, err := p.sub.Next(ctx)
+				if err != nil {
+					return
+				}
+				if m.ReceivedFrom != h.ID() {
+					p.mu.Lock()
+					p.got = append(p.got, string(m.Data))
+					p.mu.Unlock()
+				}
+			}
+		}()
+		out[name] = p
+	}
+	connectTo(t, h, d)
+	poll(t, "client sees the daemon on its topics", 20*time.Second, func() bool {
+		for _, p := range out {
+			if !slices.Contains(p.topic.ListPeers(), d.peerID) {
+				return false
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// hostFrom is a client whose connections come from ip (go-libp2p dials
+// from its listen address).
+func hostFrom(t *testing.T, ip string) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/"+ip+"/tcp/0"), libp2p.DisableRelay(),
+		libp2p.ResourceManager(&network.NullResourceManager{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// TestHostileGossipClientFlood: forwarding amplifies (every byte a client
+// publishes goes to every subscribed client), so one address floods
+// dusk/sync with 40 x 60 KB. The daemon forwards only that address's
+// burst (DUSK_GOSSIP_CLIENT_BYTES_PER_SEC=8192: 256 KiB) and counts the
+// rest; a client on another address is still forwarded, and the daemon
+// serves honest clients.
+func TestHostileGossipClientFlood(t *testing.T) {
+	d := startDaemon(t, append(testEnv(t.TempDir()), "DUSK_GOSSIP_CLIENT_BYTES_PER_SEC=8192"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	flooder := appGossip(ctx, t, hostFrom(t, "127.0.0.1"), d, "dusk/sync")["dusk/sync"]
+	honest := appGossip(ctx, t, hostFrom(t, "127.0.0.2"), d, "dusk/sync")["dusk/sync"]
+	victim := appGossip(ctx, t, hostFrom(t, "127.0.0.3"), d, "dusk/sync")["dusk/sync"]
+	time.Sleep(200 * time.Millisecond)
+
+	const n, size = 40, 60_000
+	for i := range n {
+		data := make([]byte, size)
+		copy(data, fmt.Sprintf("FLOOD-%02d", i))
+		if err := flooder.topic.Publish(ctx, data); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := honest.topic.Publish(ctx, []byte(`{"RequestSync":{"peer_id":"honest"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "honest message forwarded during the flood", 20*time.Second, func() bool {
+		return victim.received(`"honest"`) == 1
+	})
+	time.Sleep(2 * time.Second) // late IWANT answers
+	// 262,144 B of burst = 4 messages, plus 8 KiB/s of refill.
+	if got := victim.received("FLOOD-"); got > 5 || got < 3 {
+		t.Fatalf("victim got %d of %d flood messages through the daemon, want the burst (3-5)", got, n)
+	}
+	if v, _ := sum(scrape(t, d.metrics), `dusk_gossip_throttled_messages_total{topic="dusk/sync"}`); v < n-5 {
+		t.Fatalf("throttled = %v, want >= %d", v, n-5)
+	}
+	assertServing(t, d)
 }
