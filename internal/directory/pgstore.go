@@ -69,14 +69,41 @@ var pgSchema = []string{
 	`ALTER TABLE peer_profiles ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL DEFAULT nextval('peer_profiles_seq')`,
 	`ALTER TABLE peer_profiles ADD COLUMN IF NOT EXISTS name_fold TEXT
     GENERATED ALWAYS AS (translate(display_name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')) STORED`,
-	// Substring search. pg_trgm extracts trigrams with the database's
-	// ctype: with LC_CTYPE=C, non-ASCII letters yield none and such
-	// patterns fall back to walking last_seen (still correct); C.UTF-8
-	// indexes them.
-	`CREATE INDEX IF NOT EXISTS peer_profiles_name_trgm ON peer_profiles USING gin (name_fold gin_trgm_ops)`,
+	// Substring search: see keyExpr. pg_trgm extracts trigrams with the
+	// database's ctype: with LC_CTYPE=C, non-ASCII letters yield none and
+	// such patterns fall back to walking last_seen (still correct);
+	// C.UTF-8 indexes them.
+	`DROP INDEX IF EXISTS peer_profiles_name_trgm`,
+	`CREATE INDEX IF NOT EXISTS peer_profiles_name_key_trgm ON peer_profiles USING gin (` + keyExpr + ` gin_trgm_ops)`,
 	// Result order, and the walk for short or very common patterns.
 	`CREATE INDEX IF NOT EXISTS peer_profiles_last_seen ON peer_profiles (last_seen DESC, seq DESC)`,
 }
+
+// The trigram key. pg_trgm only takes trigrams from runs of letters and
+// digits, so a pattern such as "a-%" or "e_1" gives it nothing to look up
+// and the search reads the whole table (the SQLite store's FTS5 trigrams
+// cover every character). The index is therefore built on name_fold with
+// each printable ASCII non-alphanumeric character (space included)
+// replaced by its own Georgian letter, and a query is mapped the same way:
+// every character of a typical pattern then takes part in trigrams. A
+// real Georgian letter in a name can collide with a mapped one, so the
+// exact predicate on name_fold always follows; the key only narrows.
+const (
+	keyFrom = " !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+	keyTo   = "აბგდევზთიკლმნოპჟრსტუფქღყშჩცძწჭხჯჰ"
+)
+
+var (
+	keyExpr     = `translate(name_fold, '` + strings.ReplaceAll(keyFrom, "'", "''") + `', '` + keyTo + `')`
+	keyReplacer = func() *strings.Replacer {
+		from, to := []rune(keyFrom), []rune(keyTo)
+		pairs := make([]string, 0, 2*len(from))
+		for i := range from {
+			pairs = append(pairs, string(from[i]), string(to[i]))
+		}
+		return strings.NewReplacer(pairs...)
+	}()
+)
 
 // OpenPG connects to the PostgreSQL directory at rawURL (postgres:// or
 // postgresql://) and creates or migrates the schema. An engine that does
@@ -370,14 +397,17 @@ const pgProfileCols = `peer_id, display_name, last_seen, relay_addr`
 // the last_seen index and stop at the 20th match (common pattern) or read
 // the trigram index and sort the few matches (rare pattern); with custom
 // plans it chooses per pattern.
-const (
-	pgOrder = ` ORDER BY last_seen DESC, seq DESC LIMIT 20`
-	// Index path: LIKE on the folded name, usable by the trigram index.
-	pgIndexSQL = `SELECT ` + pgProfileCols + ` FROM (
-    (SELECT ` + pgProfileCols + `, seq FROM peer_profiles WHERE name_fold LIKE $2` + pgOrder + `)
+// Index path: LIKE on the trigram key (the GIN index), then the exact
+// LIKE on the folded name.
+var pgIndexSQL = `SELECT ` + pgProfileCols + ` FROM (
+    (SELECT ` + pgProfileCols + `, seq FROM peer_profiles
+        WHERE ` + keyExpr + ` LIKE $3 AND name_fold LIKE $2` + pgOrder + `)
     UNION
     (SELECT ` + pgProfileCols + `, seq FROM peer_profiles WHERE peer_id = $1)
 ) m` + pgOrder
+
+const (
+	pgOrder = ` ORDER BY last_seen DESC, seq DESC LIMIT 20`
 	// Scan path for 1-2 character queries (no trigram to look up): as in
 	// Store, only the newest ShortScanRows profiles are examined (walking
 	// the last_seen index, stopping at the 20th match); strpos compares
@@ -428,7 +458,8 @@ func (s *PGStore) Search(ctx context.Context, query string) ([]Profile, error) {
 	case n > MaxDisplayName:
 		sqlText, args = pgPeerSQL, []any{q}
 	case n >= 3:
-		sqlText, args = pgIndexSQL, []any{q, likeSubstring(foldASCII(q))}
+		// The key pattern needs no escapes: % _ \ are mapped to letters.
+		sqlText, args = pgIndexSQL, []any{q, likeSubstring(foldASCII(q)), "%" + keyReplacer.Replace(foldASCII(q)) + "%"}
 	default:
 		sqlText, args = pgScanSQL, []any{q, foldASCII(q), ShortScanRows}
 	}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
@@ -673,7 +674,35 @@ func TestPGMigratesOldTable(t *testing.T) {
 	}
 	var idx int
 	if err := c.QueryRow(bg, `SELECT count(*) FROM pg_indexes WHERE tablename = 'peer_profiles'
-        AND indexname IN ('peer_profiles_name_trgm', 'peer_profiles_last_seen')`).Scan(&idx); err != nil || idx != 2 {
+        AND indexname IN ('peer_profiles_name_key_trgm', 'peer_profiles_last_seen')`).Scan(&idx); err != nil || idx != 2 {
 		t.Fatalf("indexes: %d %v", idx, err)
+	}
+}
+
+// The trigram key maps every printable ASCII character that is not a
+// letter or digit, each to its own letter, and nothing else.
+func TestPGKeyMapping(t *testing.T) {
+	from, to := []rune(keyFrom), []rune(keyTo)
+	if len(from) != len(to) {
+		t.Fatalf("%d characters mapped to %d", len(from), len(to))
+	}
+	seen := map[rune]bool{}
+	for _, c := range to {
+		if seen[c] || !unicode.IsLetter(c) || unicode.ToLower(c) != c {
+			t.Fatalf("target %q repeated, not a letter or not lower case", c)
+		}
+		seen[c] = true
+	}
+	var want []rune
+	for c := rune(' '); c <= '~'; c++ {
+		if !unicode.IsLetter(c) && !unicode.IsDigit(c) {
+			want = append(want, c)
+		}
+	}
+	if string(want) != keyFrom {
+		t.Fatalf("keyFrom = %q, want %q", keyFrom, string(want))
+	}
+	if got := keyReplacer.Replace(`a-%_\ b`); got != "a"+string(to[13])+string(to[5])+string(to[27])+string(to[24])+string(to[0])+"b" {
+		t.Fatalf("replacer: %q", got)
 	}
 }
