@@ -1,7 +1,7 @@
 // Package p2p runs the relay's libp2p host: TCP + noise + yamux, identify,
 // ping and a circuit relay v2 service sized from the configuration.
 //
-// Interop notes (see SPEC §3):
+// Interop notes:
 //   - The relay service is built with relay.New directly; the
 //     EnableRelayService path waits for AutoNAT to declare the host public,
 //     which never happens for a relay only rust clients talk to.
@@ -9,14 +9,13 @@
 //     fail with NoAddressesInReservation. go-libp2p keeps only public
 //     addresses by default, so the host's address factory decides what is
 //     announced and the reservation filter admits everything it announces.
-//   - Idle connections: rust-libp2p closes connections without streams after
-//     300 s (SPEC: "may be closed"). go-libp2p has no per-connection idle
-//     timer and we add none. The resource manager caps inbound connections at
-//     DUSK_MAX_CONNECTIONS (refusing more, like Rust's connection_limits);
-//     the connection manager (high = DUSK_MAX_CONNECTIONS, low = 90 %, grace
-//     1 min) trims the least valuable connections when outbound ones push the
-//     total over that. Peers holding a reservation or a circuit are tagged by
-//     the relay and trimmed last.
+//   - Idle connections: like rust-libp2p (300 s), inbound connections
+//     without a stream and without a reservation are closed after
+//     DUSK_IDLE_CONNECTION_TIMEOUT (idle.go). The resource manager caps
+//     inbound connections at DUSK_MAX_CONNECTIONS (refusing more, like
+//     Rust's connection_limits) and per address prefix; the connection
+//     manager only sheds outbound excess (see newConnManager). Peers holding
+//     a reservation or a circuit are tagged by the relay and trimmed last.
 package p2p
 
 import (
