@@ -61,6 +61,9 @@ type Store struct {
 	// connection as needed): saves parsing on every search.
 	stIndex, stPeer, stScan, stRecent *sql.Stmt
 
+	// shortScanRows is ShortScanRows (tests shrink it).
+	shortScanRows int
+
 	writes      atomic.Int64 // since the last compaction
 	compactions atomic.Int64 // done by compactLoop (tests)
 
@@ -118,7 +121,7 @@ func openWith(path string, log *zap.Logger, cp compaction) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{path: path, log: log, w: w, closed: make(chan struct{})}
+	s := &Store{path: path, log: log, w: w, closed: make(chan struct{}), shortScanRows: ShortScanRows}
 	start := time.Now()
 	if err := s.migrate(context.Background()); err != nil {
 		_ = w.Close()
@@ -630,7 +633,7 @@ func (s *Store) searchRecent(ctx context.Context, q string) ([]Profile, error) {
 		return nil, s.classify("search", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	ks, err := s.searchRows(tx.StmtContext(ctx, s.stRecent).QueryContext(ctx, q, likeSubstring(q), ShortScanRows))
+	ks, err := s.searchRows(tx.StmtContext(ctx, s.stRecent).QueryContext(ctx, q, likeSubstring(q), s.shortScanRows))
 	if err != nil {
 		return nil, err
 	}
