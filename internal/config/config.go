@@ -410,6 +410,9 @@ func walkFields(t reflect.Type, fn func(reflect.StructField)) {
 // means "unset" (the Rust relay treated it as set, which broke defaults).
 func dropEmpty() {
 	for _, n := range append(Names(), "RUST_LOG") {
+		if n == "DUSK_GOSSIP_CLIENT_TOPICS" {
+			continue // empty is a value there: forward no client topic
+		}
 		if v, ok := os.LookupEnv(n); ok && strings.TrimSpace(v) == "" {
 			_ = os.Unsetenv(n)
 		}
