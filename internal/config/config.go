@@ -268,9 +268,11 @@ func (c *Config) Validate() error {
 	if c.MaxBytesPerPeer < 16<<10 {
 		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER", fmt.Sprint(c.MaxBytesPerPeer), "must be >= 16384")
 	}
-	if c.MaxBytesPerAddr < c.MaxBytesPerPeer || c.MaxBytesPerAddr > c.Rendezvous.MaxBytes {
+	// Above DUSK_RENDEZVOUS_MAX_BYTES it is capped there (the server
+	// does it), so lowering the total alone stays valid.
+	if c.MaxBytesPerAddr < c.MaxBytesPerPeer {
 		return bad("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR", fmt.Sprint(c.MaxBytesPerAddr),
-			"must be between DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER and DUSK_RENDEZVOUS_MAX_BYTES")
+			"must be >= DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER (%d)", c.MaxBytesPerPeer)
 	}
 	if c.CircuitDuration < 0 {
 		return bad("DUSK_RELAY_CIRCUIT_DURATION", c.CircuitDuration.String(), "must not be negative")

@@ -298,3 +298,13 @@ func TestShortTURNSecret(t *testing.T) {
 		t.Fatalf("short secret with TURN disabled: %v", err)
 	}
 }
+
+// Lowering only DUSK_RENDEZVOUS_MAX_BYTES below the default per-address
+// budget stays valid (the server caps the per-address budget at it).
+func TestRendezvousTotalBelowPerAddr(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("DUSK_RENDEZVOUS_MAX_BYTES", "2097152")
+	if _, err := Load(); err != nil {
+		t.Fatalf("DUSK_RENDEZVOUS_MAX_BYTES=2097152 alone: %v", err)
+	}
+}

@@ -79,6 +79,14 @@ func TestDefaultByteBudget(t *testing.T) {
 	if s.store.lim.maxBytes != DefaultMaxBytes || DefaultMaxBytes <= 0 || DefaultMaxBytes > 1<<30 {
 		t.Fatalf("default budget %d", s.store.lim.maxBytes)
 	}
+	// Lowering only the total caps the per-address budget with it.
+	cfg := testCfg
+	cfg.MaxBytes = 2 << 20
+	s2 := New(cfg, zap.NewNop(), nil)
+	defer s2.Close()
+	if s2.store.lim.maxBytes != 2<<20 || s2.store.lim.maxSrcBytes != 2<<20 || s2.store.lim.maxPeerBytes != DefaultMaxPeerBytes {
+		t.Fatalf("total 2 MiB: limits %+v", s2.store.lim)
+	}
 }
 
 // Close must not wait StreamTimeout for clients that never finish their

@@ -213,6 +213,11 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 	s.lim.maxBytes = max(s.lim.maxBytes, 0)
 	s.lim.maxPeerBytes = max(s.lim.maxPeerBytes, 0)
 	s.lim.maxSrcBytes = max(s.lim.maxSrcBytes, 0)
+	// A per-address budget above the total means the total: an operator
+	// who lowers only DUSK_RENDEZVOUS_MAX_BYTES keeps a valid setup.
+	if s.lim.maxBytes > 0 && s.lim.maxSrcBytes > s.lim.maxBytes {
+		s.lim.maxSrcBytes = s.lim.maxBytes
+	}
 	if s.cfg.MaxDiscover < 1 {
 		s.cfg.MaxDiscover = 1000
 	}
