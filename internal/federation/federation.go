@@ -1,7 +1,7 @@
 // Package federation runs the relay's gossipsub router: it gossips
 // rendezvous registrations between peer relays, forwards the clients'
 // topics (dusk/directory, dusk/sync) without interpreting them, and keeps
-// the configured peer relays connected (docs/PROTOCOLS.md, "Gossip").
+// the configured peer relays connected (docs/PROTOCOLS.md, "Gossipsub topics").
 package federation
 
 import (

@@ -10,7 +10,7 @@ import (
 )
 
 // MessageID is the gossipsub message id of the Rust relay and of the Dusk
-// app (docs/PROTOCOLS.md, "Gossip message id"): Rust std's DefaultHasher
+// app (docs/PROTOCOLS.md, "Message id"): Rust std's DefaultHasher
 // over the data as a length-prefixed slice, then, when the message has a
 // source, the source peer id's multihash as Rust's Hash impl feeds it
 // (code as u64, digest length as usize, digest), printed as a decimal u64.
