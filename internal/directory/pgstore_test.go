@@ -706,3 +706,59 @@ func TestPGKeyMapping(t *testing.T) {
 		t.Fatalf("replacer: %q", got)
 	}
 }
+
+// TestPGSearchPlans: every execution is planned for its own pattern
+// (force_custom_plan: a generic plan cannot see the pattern and walks the
+// whole last_seen index for a rare one), and a rare pattern, punctuation
+// included, is looked up in the trigram index.
+func TestPGSearchPlans(t *testing.T) {
+	s := openPG(t)
+	var mode string
+	if err := s.pool.QueryRow(bg, `SHOW plan_cache_mode`).Scan(&mode); err != nil || mode != "force_custom_plan" {
+		t.Fatalf("plan_cache_mode = %q (%v)", mode, err)
+	}
+	if raceEnabled {
+		t.Skip("loads 100k rows; the plan does not depend on the race detector")
+	}
+	// Below ~50k rows a sequential scan is cheaper and rightly chosen.
+	n := 100_000
+	rows := make([][]any, 0, n)
+	r := rand.New(rand.NewPCG(5, 55))
+	for i := 0; i < n; i++ {
+		rows = append(rows, []any{int64(i), genPeerID(i), genName(r), int64(1_700_000_000 + i), int64(1_700_000_000), ""})
+	}
+	for len(rows) > 0 {
+		k := min(len(rows), importChunk)
+		if _, err := s.importRows(bg, rows[:k]); err != nil {
+			t.Fatal(err)
+		}
+		rows = rows[k:]
+	}
+	if _, err := s.pool.Exec(bg, `ANALYZE peer_profiles`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"zzq", "a-%x", "e_1", "日本語語"} {
+		// Run it often enough for a generic plan to be chosen if allowed.
+		for i := 0; i < 8; i++ {
+			if _, err := s.Search(bg, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var plan []string
+		rs, err := s.pool.Query(bg, `EXPLAIN `+pgIndexSQL, q, likeSubstring(foldASCII(q)), "%"+keyReplacer.Replace(foldASCII(q))+"%")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rs.Next() {
+			var l string
+			if err := rs.Scan(&l); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, l)
+		}
+		rs.Close()
+		if p := strings.Join(plan, "\n"); !strings.Contains(p, "peer_profiles_name_key_trgm") || strings.Contains(p, "Seq Scan") {
+			t.Fatalf("%q: plan without the trigram index:\n%s", q, p)
+		}
+	}
+}
