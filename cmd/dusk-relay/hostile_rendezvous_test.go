@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -304,4 +308,64 @@ func TestHostileRendezvousDiscoverAllOptIn(t *testing.T) {
 	if held := rdvHeld(t, c, d, ""); held[c.ID()] != 1 {
 		t.Fatalf("discover all with DUSK_RENDEZVOUS_DISCOVER_ALL=true: %v", held)
 	}
+}
+
+// TestHostileRendezvousBigRequests: 200 rendezvous streams each announce
+// a 1 MiB request and send 100 bytes of it. Every one is reset at once (a
+// real request is under 5 KiB), so none holds a buffer or a stream slot
+// for the 15 s read timeout, and a client is still served.
+//
+// Before: each stream was read for up to 15 s into a buffer of the
+// announced size (1 MiB accepted).
+func TestHostileRendezvousBigRequests(t *testing.T) {
+	d := startDaemon(t, testEnv(t.TempDir()))
+	mem := watchMem(t, d)
+	const clients, perClient = 4, 50
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var held []time.Duration
+	var notReset int
+	prefix := binary.AppendUvarint(nil, 1<<20)
+	for i := 0; i < clients; i++ {
+		c := newUnlimitedClient(t)
+		connectTo(t, c, d)
+		for j := 0; j < perClient; j++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				s, err := c.NewStream(ctx, d.peerID, protoRendezvous)
+				if err != nil {
+					mu.Lock()
+					notReset++
+					mu.Unlock()
+					return
+				}
+				defer s.Close()
+				start := time.Now()
+				_ = s.SetDeadline(start.Add(5 * time.Second))
+				_, _ = s.Write(append(prefix, make([]byte, 100)...))
+				_, err = io.ReadAll(s)
+				mu.Lock()
+				defer mu.Unlock()
+				if !errors.Is(err, network.ErrReset) {
+					notReset++
+					return
+				}
+				held = append(held, time.Since(start))
+			}()
+		}
+	}
+	wg.Wait()
+	mem.report(t, d, fmt.Sprintf("%d rendezvous streams announcing 1 MiB", clients*perClient))
+	slices.Sort(held)
+	if notReset != 0 || len(held) != clients*perClient {
+		t.Fatalf("%d of %d streams not reset within 5 s", clients*perClient-len(held), clients*perClient)
+	}
+	t.Logf("reset after p50 %v, max %v", held[len(held)/2].Round(time.Millisecond), held[len(held)-1].Round(time.Millisecond))
+	if held[len(held)-1] > 2*time.Second {
+		t.Errorf("a stream announcing 1 MiB was held %v", held[len(held)-1])
+	}
+	assertServing(t, d)
 }

@@ -140,7 +140,7 @@ func FuzzRequest(f *testing.F) {
 		clock := newFakeClock()
 		s := New(testCfg, zap.NewNop(), nil, WithClock(clock.Now), WithMaxPerPeer(8), WithMaxRegistrations(16))
 		defer s.Close()
-		r := pbio.NewDelimitedReader(bytes.NewReader(raw), MaxMessageSize)
+		r := pbio.NewDelimitedReader(bytes.NewReader(raw), MaxRequestSize)
 		for i := 0; i < 16; i++ {
 			var req pb.Message
 			if err := r.ReadMsg(&req); err != nil {
@@ -238,13 +238,13 @@ func streamOnce(t *testing.T, i int, c host.Host, server peer.ID, raw []byte, re
 	defer str.Close()
 	_ = str.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := str.Write(raw); err != nil {
-		return // reset early (e.g. a length prefix over 1 MiB)
+		return // reset early (e.g. a length prefix over MaxRequestSize)
 	}
 	_ = str.CloseWrite()
 	got, readErr := io.ReadAll(io.LimitReader(str, 2*MaxMessageSize))
 
 	var req pb.Message
-	derr := pbio.NewDelimitedReader(bytes.NewReader(raw), MaxMessageSize).ReadMsg(&req)
+	derr := pbio.NewDelimitedReader(bytes.NewReader(raw), MaxRequestSize).ReadMsg(&req)
 	answerable := derr == nil && ((req.GetType() == pb.Message_REGISTER && req.Register != nil) ||
 		(req.GetType() == pb.Message_DISCOVER && req.Discover != nil))
 	if !answerable {

@@ -6,9 +6,9 @@
 // answering, omits or hashes cookies, and accepts inputs Rust rejects. This
 // handler answers the way the Rust server does:
 //
-//   - one request per stream, varint-delimited protobuf of at most 1 MiB,
-//     answered then closed gracefully (Close, never Reset); UNREGISTER gets
-//     no answer;
+//   - one request per stream, varint-delimited protobuf of at most
+//     MaxRequestSize (5 KiB), answered then closed gracefully (Close,
+//     never Reset); UNREGISTER gets no answer;
 //   - DiscoverResponse OK always carries a cookie in Rust's format (8-byte
 //     big-endian id, then the namespace unless discovering every namespace)
 //     and every registration carries ns, signedPeerRecord and ttl (the
@@ -58,9 +58,13 @@ const PeerNamespacePrefix = "dusk/peer/"
 const (
 	// DefaultTTL applies when a Register carries no TTL (rust-libp2p DEFAULT_TTL).
 	DefaultTTL = 2 * time.Hour
-	// MaxMessageSize is the largest request read and the cap every
-	// response stays under (rust-libp2p's codec limit).
+	// MaxMessageSize is the cap every response stays under (rust-libp2p's
+	// codec limit).
 	MaxMessageSize = 1 << 20
+	// MaxRequestSize is the largest request read: a REGISTER (namespace
+	// up to 255 bytes, record up to MaxRecordSize, TTL, framing) is the
+	// largest a client sends, so nobody needs a stream to buffer 1 MiB.
+	MaxRequestSize = MaxRecordSize + 1024
 	// StreamTimeout bounds reading the request and writing the answer.
 	StreamTimeout = 15 * time.Second
 	// DefaultMaxPerPeer caps live registrations per peer (one per
@@ -348,7 +352,7 @@ func (s *Server) handle(str network.Stream) {
 	src := sourcePrefix(str.Conn().RemoteMultiaddr())
 
 	var req pb.Message
-	if err := pbio.NewDelimitedReader(str, MaxMessageSize).ReadMsg(&req); err != nil {
+	if err := pbio.NewDelimitedReader(str, MaxRequestSize).ReadMsg(&req); err != nil {
 		s.bad(str, remote, "read request", err)
 		return
 	}

@@ -691,6 +691,7 @@ func TestBadInputResetsStream(t *testing.T) {
 	inputs := map[string][]byte{
 		"garbage":          {0x05, 0xff, 0xff, 0xff, 0xff, 0xff},
 		"oversized":        append(oversized, make([]byte, 64)...),
+		"over request cap": append(binary.AppendUvarint(nil, MaxRequestSize+1), make([]byte, MaxRequestSize+1)...),
 		"truncated":        {0x10, 0x08},
 		"response type":    mustDelimited(t, &pb.Message{Type: pb.Message_REGISTER_RESPONSE.Enum(), RegisterResponse: &pb.Message_RegisterResponse{}}),
 		"no type":          mustDelimited(t, &pb.Message{Discover: &pb.Message_Discover{}}),
