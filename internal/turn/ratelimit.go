@@ -14,7 +14,8 @@ import (
 // 20-byte Allocate draws a 72-byte 401 and a 20-byte Binding a 32-byte
 // answer, to whatever source address the datagram claims: without a
 // budget the server amplifies floods aimed at a spoofed victim. Over TCP
-// the handshake proves the address, so TCP answers are not budgeted.
+// the handshake proves the address, so TCP answers are not budgeted; nor
+// are 127.0.0.1 and ::1 (budgetExempt).
 //
 // Budget per prefix (ipKey: IPv4 /32, IPv6 /56): answerRate per second,
 // answerBurst at once. An honest client needs one 401 per allocation and a

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -211,15 +212,31 @@ func TestAnswerBudget(t *testing.T) {
 }
 
 // An honest client's budget use: one 401 per allocation, nothing for the
-// authenticated requests that follow.
+// authenticated requests that follow; 20 clients behind one address (a
+// NAT) set up and relay at once without a drop.
 func TestAnswerBudgetHonestUse(t *testing.T) {
 	s := startServer(t, testConfig())
-	u, p := creds(peerA)
-	for i := 0; i < 5; i++ {
-		ub, pb := creds(peerB)
-		relayBetween(t, dialClient(t, s, "udp", u, p), dialClient(t, s, "udp", ub, pb), 2)
+	n := 0
+	from := func(ip string) *client {
+		pc, err := net.ListenPacket("udp4", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		u, p := creds(peerA + strconv.Itoa(n))
+		return clientOn(t, pc, s.UDPAddr().String(), u, p)
+	}
+	for i := 0; i < 10; i++ {
+		relayBetween(t, from("127.0.0.11"), from("127.0.0.11"), 2)
 	}
 	if d := &s.gate.answers.dropped; d[0].Load()+d[1].Load() != 0 {
 		t.Fatalf("honest clients had answers dropped: %d/%d", d[0].Load(), d[1].Load())
+	}
+	if _, ok := s.gate.answers.cur[ipKey(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 11)})]; !ok {
+		t.Fatal("127.0.0.11 not budgeted")
+	}
+	if !budgetExempt(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) || !budgetExempt(&net.UDPAddr{IP: net.IPv6loopback}) ||
+		budgetExempt(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}) || budgetExempt(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}) {
+		t.Fatal("budgetExempt: only 127.0.0.1 and ::1 over UDP")
 	}
 }
