@@ -275,7 +275,7 @@ func (s *Service) register(ctx context.Context, remote peer.ID, req Request) Res
 		s.ops.WithLabelValues(op, "unchanged").Inc()
 		return Response{Kind: ResponseOk}
 	}
-	if s.registerAddr != nil && !s.registerAddr.Allow(addrKey(ctx, remote), now) {
+	if s.registerAddr != nil && !allowAddr(ctx, s.registerAddr, now) {
 		s.ops.WithLabelValues(op, "rate_limited").Inc()
 		s.log.Debug("directory: registration rate limited (address)", zap.Stringer("peer", remote))
 		return errResp(wireErrRateLimited)
@@ -344,13 +344,11 @@ func (s *Service) added(ctx context.Context, delta int64) {
 	s.rows.Set(float64(s.count))
 }
 
-// addrKey is the per-address limit key of the request's connection, or
-// the peer when the address carries no IP.
-func addrKey(ctx context.Context, remote peer.ID) string {
-	if k := reqresp.AddrKey(reqresp.RemoteAddr(ctx)); k != "" {
-		return k
-	}
-	return "peer:" + string(remote)
+// allowAddr charges l for the request's source address; addresses
+// without a key (see reqresp.AddrKey) are not limited per address.
+func allowAddr(ctx context.Context, l *reqresp.Limiter, now time.Time) bool {
+	key := reqresp.AddrKey(reqresp.RemoteAddr(ctx))
+	return key == "" || l.Allow(key, now)
 }
 
 // errLogEvery spaces storage-error log lines: a failing disk fails every
@@ -382,7 +380,7 @@ func (s *Service) search(ctx context.Context, remote peer.ID, query string) Resp
 	const op = "search"
 	now := s.now()
 	if (s.searchPeer != nil && !s.searchPeer.Allow(string(remote), now)) ||
-		(s.searchAddr != nil && !s.searchAddr.Allow(addrKey(ctx, remote), now)) {
+		(s.searchAddr != nil && !allowAddr(ctx, s.searchAddr, now)) {
 		s.ops.WithLabelValues(op, "rate_limited").Inc()
 		s.log.Debug("directory: search rate limited", zap.Stringer("peer", remote))
 		return errResp(wireErrRateLimited)

@@ -15,8 +15,9 @@ import (
 const IPv6PrefixBits = 56
 
 // AddrKey is the per-address limit key of a remote multiaddr: the IPv4
-// address (/32), or its /56 for IPv6. "" when a has no IP (e.g. a relayed
-// circuit without one); callers then fall back to a per-peer key.
+// address (/32), or its /56 for IPv6. "" means no per-address limit
+// applies: a has no IP, or it is 127.0.0.1 or ::1, which the connection
+// limits exempt as well (local tools and benchmarks on the relay's host).
 func AddrKey(a ma.Multiaddr) string {
 	if a == nil {
 		return ""
@@ -27,6 +28,9 @@ func AddrKey(a ma.Multiaddr) string {
 	}
 	addr, ok := netip.AddrFromSlice(ip)
 	if !ok {
+		return ""
+	}
+	if addr = addr.Unmap(); addr == netip.IPv6Loopback() || addr == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
 		return ""
 	}
 	return PrefixKey(addr)

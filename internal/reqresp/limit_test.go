@@ -16,6 +16,9 @@ func TestAddrKey(t *testing.T) {
 		"/ip6/2001:db8:aa:bbff:ffff::9/udp/1/quic-v1": "2001:db8:aa:bb00::/56",
 		"/ip6/::ffff:198.51.100.2/tcp/1":              "198.51.100.2",
 		"/dns4/example.org/tcp/1":                     "",
+		"/ip4/127.0.0.1/tcp/1":                        "",
+		"/ip6/::1/tcp/1":                              "",
+		"/ip4/127.0.0.2/tcp/1":                        "127.0.0.2",
 	} {
 		a, err := ma.NewMultiaddr(in)
 		if err != nil {
