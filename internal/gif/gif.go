@@ -109,12 +109,13 @@ type Service struct {
 	// Token buckets on upstream calls (cache misses); nil: unlimited.
 	upAll, upPeer, upAddr *reqresp.Limiter
 	cache                 *cache
+	flight                singleflight.Group
+	m                     *metrics
 
+	// Spacing of "klipy request failed" warnings.
 	failMu         sync.Mutex
 	failLast       time.Time
 	failSuppressed int
-	flight         singleflight.Group
-	m              *metrics
 
 	ctx    context.Context // cancelled by Close; aborts upstream calls
 	cancel context.CancelFunc
