@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -149,4 +150,143 @@ func FuzzTCPFraming(f *testing.F) {
 			}
 		}
 	})
+}
+
+// slotConn is an accepted connection as admit sees it: only its remote
+// address matters to the slot accounting.
+type slotConn struct {
+	net.Conn // nil: any other method is a test bug
+	remote   *net.TCPAddr
+	closed   bool
+}
+
+func (c *slotConn) RemoteAddr() net.Addr             { return c.remote }
+func (c *slotConn) Close() error                     { c.closed = true; return nil }
+func (c *slotConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *slotConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzTCPSlots drives the slot accounting (admit, eviction, allocation
+// changes, close) with an arbitrary sequence of events and checks after
+// each one that the counts match the connections, the caps hold, only
+// connections without an allocation are evicted, and a newcomer is
+// refused only when its prefix is at a cap or every slot holds an
+// allocation.
+func FuzzTCPSlots(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 2, 0x10, 0, 0x21, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{0, 0x10, 1, 0x11, 2, 0x12, 3, 0x13, 0, 0x20, 0, 0})
+	// The pool full and its oldest connection the newcomer's prefix's only one.
+	f.Add([]byte{0, 0, 0, 1, 0, 1, 0, 2, 0, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		lim := tcpLimits{maxConns: 6, maxPerIP: 3, maxUnauth: 4, maxUnauthIP: 2}
+		l := newTCPListener(nil, nil, lim)
+		var live []*tcpConn
+		port := 1000
+		for i := 0; i+1 < len(ops); i += 2 {
+			op, arg := ops[i]%4, int(ops[i+1])
+			switch op {
+			case 0: // connect from one of 4 addresses
+				port++
+				c := &slotConn{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+arg%4)), Port: port}}
+				pfx := ipKey(c.remote)
+				l.mu.Lock()
+				pc := l.perIP[pfx]
+				atCap := pc != nil && (pc.all >= l.lim.maxPerIP || pc.unauth >= l.lim.maxUnauthIP)
+				full := len(l.conns) >= l.lim.maxConns || l.nUnauth >= l.lim.maxUnauth
+				canEvict := l.unauthHead != nil
+				oldest := l.unauthHead
+				l.mu.Unlock()
+				tc := l.admit(c)
+				if (tc == nil) != (atCap || (full && !canEvict)) {
+					t.Fatalf("op %d: admitted %v, prefix at cap %v, full %v, evictable %v", i, tc != nil, atCap, full, canEvict)
+				}
+				if tc != nil {
+					live = append(live, tc)
+					if full && !oldest.Conn.(*slotConn).closed {
+						t.Fatalf("op %d: pool full but the oldest connection without allocation not closed", i)
+					}
+				}
+			case 1, 2: // allocation created / deleted on a connection
+				if len(live) == 0 {
+					continue
+				}
+				c := live[arg%len(live)]
+				delta := 1
+				if op == 2 {
+					delta = -1
+				}
+				l.allocationChanged(c.Conn.RemoteAddr(), delta)
+			case 3: // the client goes away
+				if len(live) == 0 {
+					continue
+				}
+				_ = live[arg%len(live)].Close()
+			}
+			// Evicted and closed connections leave the live list.
+			kept := live[:0]
+			for _, c := range live {
+				if !c.Conn.(*slotConn).closed {
+					kept = append(kept, c)
+				} else if c.allocs > 0 && !c.removed {
+					t.Fatalf("op %d: connection closed but still counted", i)
+				}
+			}
+			live = kept
+			checkSlots(t, l, live)
+		}
+	})
+}
+
+func checkSlots(t *testing.T, l *tcpListener, live []*tcpConn) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.conns) != len(live) {
+		t.Fatalf("%d connections counted, %d open", len(l.conns), len(live))
+	}
+	want := map[netip.Prefix]prefixConns{}
+	unauth := 0
+	for _, c := range live {
+		if _, ok := l.conns[c]; !ok || c.removed {
+			t.Fatalf("open connection %v not counted", c.ap)
+		}
+		pc := want[c.prefix]
+		pc.all++
+		if c.allocs == 0 {
+			pc.unauth++
+			unauth++
+			if !c.listed {
+				t.Fatalf("connection without allocation %v not in the eviction list", c.ap)
+			}
+		} else if c.listed {
+			t.Fatalf("connection with allocation %v in the eviction list", c.ap)
+		}
+		want[c.prefix] = pc
+	}
+	if l.nUnauth != unauth {
+		t.Fatalf("nUnauth %d, want %d", l.nUnauth, unauth)
+	}
+	n := 0
+	for c := l.unauthHead; c != nil; c = c.next {
+		if n++; n > len(live) {
+			t.Fatal("eviction list longer than the connections")
+		}
+	}
+	if n != unauth {
+		t.Fatalf("eviction list of %d, want %d", n, unauth)
+	}
+	if len(l.perIP) != len(want) {
+		t.Fatalf("%d prefixes counted, want %d", len(l.perIP), len(want))
+	}
+	for p, w := range want {
+		got := l.perIP[p]
+		if got == nil || *got != w {
+			t.Fatalf("prefix %v counted %+v, want %+v", p, got, w)
+		}
+		if w.all > l.lim.maxPerIP {
+			t.Fatalf("prefix %v holds %d, cap %d", p, w.all, l.lim.maxPerIP)
+		}
+	}
+	if len(live) > l.lim.maxConns {
+		t.Fatalf("%d connections, cap %d", len(live), l.lim.maxConns)
+	}
 }

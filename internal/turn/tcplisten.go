@@ -168,7 +168,7 @@ func (l *tcpListener) admit(c net.Conn) *tcpConn {
 		l.evicted.Add(1)
 	}
 	tc := &tcpConn{Conn: c, l: l, ap: ap, prefix: pfx, buf: make([]byte, 2*tcpMaxFrame)}
-	if pc == nil {
+	if pc = l.perIP[pfx]; pc == nil { // again: the victim may have been the prefix's last connection
 		pc = &prefixConns{}
 		l.perIP[pfx] = pc
 	}

@@ -540,3 +540,31 @@ func TestTCPWriteTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The oldest connection may be the newcomer's own prefix's only one: its
+// eviction empties the prefix's count just before the newcomer joins it.
+func TestTCPEvictsOwnPrefixLastConnection(t *testing.T) {
+	s, err := newServer(testConfig(), testSecret, zap.NewNop(), nil, tcpLimits{maxUnauth: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	first := attackerConns(t, s.TCPAddr().String(), []string{"127.0.0.60"}, 1)
+	waitFor(t, "first admitted", func() bool { return s.tcp.count() == 1 })
+	others := attackerConns(t, s.TCPAddr().String(), loopbackAddrs(61, 2), 1)
+	waitFor(t, "pool full", func() bool { return s.tcp.count() == 3 })
+	again := attackerConns(t, s.TCPAddr().String(), []string{"127.0.0.60"}, 1)
+	waitFor(t, "oldest evicted", func() bool { return s.tcp.evicted.Load() == 1 })
+	if liveConns(first) != 0 || liveConns(others) != 2 || liveConns(again) != 1 {
+		t.Fatalf("live: first %d, others %d, again %d; want 0, 2, 1", liveConns(first), liveConns(others), liveConns(again))
+	}
+	s.tcp.mu.Lock()
+	pc := s.tcp.perIP[ipKey(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 60)})]
+	s.tcp.mu.Unlock()
+	if pc == nil || pc.all != 1 || pc.unauth != 1 {
+		t.Fatalf("127.0.0.60 counted as %+v, want 1 connection without allocation", pc)
+	}
+	if err := bindingOverTCP(s.TCPAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+}
