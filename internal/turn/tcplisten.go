@@ -333,6 +333,10 @@ type tcpConn struct {
 const tcpMaxEmptyReads = 100
 
 func (c *tcpConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		// (0, nil) is what made pion's STUNConn recurse; it never asks for 0 bytes.
+		return 0, io.ErrShortBuffer
+	}
 	if len(c.rest) > 0 {
 		n := copy(p, c.rest)
 		c.rest = c.rest[n:]
