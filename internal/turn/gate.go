@@ -22,8 +22,11 @@ import (
 // 401 Unauthorized with REALM and NONCE. So each listener checks the
 // authenticated TURN requests before pion sees them and answers failures
 // with a proper 401 itself; pion's AuthHandler repeats the check (defence
-// in depth). Only control requests are decoded: ChannelData and Send
-// indications pass after a two-byte type check.
+// in depth). The gate also does what pion does not: 441 for a request on
+// an allocation with another username than the allocation's, and (UDP)
+// a per-prefix budget for answers that need no credentials. Only control
+// requests are decoded: ChannelData and Send indications pass after a
+// two-byte type check.
 
 // inspect returns the gate's own answer (401, 441) to a request, or nil
 // for everything pion should handle. No answer budget: for TCP, and for
