@@ -30,6 +30,7 @@
 package rendezvous
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -42,6 +43,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio/pbio"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
 	"go.uber.org/zap"
 
@@ -98,6 +100,9 @@ const (
 	// (type, status, cookie of at most 263 bytes) under MaxMessageSize.
 	responseBudget = MaxMessageSize - 1024
 	sweepBatch     = 4096
+	// opTimeout bounds one store operation: with Redis unreachable a
+	// request gets E_UNAVAILABLE instead of waiting for the stream timeout.
+	opTimeout = 3 * time.Second
 )
 
 // Option configures a Server.
@@ -148,6 +153,13 @@ func WithStreamTimeout(d time.Duration) Option {
 	return func(s *Server) { s.timeout = d }
 }
 
+// WithRedis keeps the registrations in Redis, shared by every relay using
+// the same Redis and key prefix, instead of in memory. The budgets then
+// count across the cluster. The Server does not close rdb.
+func WithRedis(rdb redis.UniversalClient, keyPrefix string) Option {
+	return func(s *Server) { s.rdb, s.rdbPrefix = rdb, keyPrefix }
+}
+
 // WithSweepInterval overrides DefaultSweepInterval.
 func WithSweepInterval(d time.Duration) Option {
 	return func(s *Server) { s.sweepEvery = d }
@@ -165,7 +177,11 @@ type Server struct {
 	m          metrics
 
 	mu    sync.Mutex // guards store
-	store *store
+	store *store     // the in-memory table, nil with Redis
+	be    backend
+
+	rdb       redis.UniversalClient
+	rdbPrefix string
 
 	life     sync.Mutex // guards host, closed, active and Add on handlers
 	host     host.Host
@@ -238,7 +254,12 @@ func New(cfg config.Rendezvous, log *zap.Logger, reg prometheus.Registerer, opts
 	if n := s.now().UnixNano(); n > 0 {
 		first = uint64(n)
 	}
-	s.store = newStore(first, s.lim)
+	if s.rdb != nil {
+		s.be = newRedisBackend(s.rdb, s.rdbPrefix, s.lim, s.cfg.MaxTTL)
+	} else {
+		s.store = newStore(first, s.lim)
+		s.be = memBackend{mu: &s.mu, st: s.store}
+	}
 	s.m = newMetrics(reg, s.Registrations, s.StoredBytes, log)
 	return s
 }
@@ -282,20 +303,35 @@ func (s *Server) Close() error {
 }
 
 // StoredBytes returns what live registrations count against the byte
-// budget (see DefaultMaxBytes).
+// budget (see DefaultMaxBytes); -1 when the store cannot be reached.
 func (s *Server) StoredBytes() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.store.bytes
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	_, b, err := s.be.stats(ctx, s.now())
+	if err != nil {
+		return -1
+	}
+	return b
 }
 
-// Registrations returns the number of live (unexpired) registrations.
+// Registrations returns the number of live (unexpired) registrations
+// (of the whole cluster with Redis); -1 when the store cannot be reached.
 func (s *Server) Registrations() int {
 	s.sweep()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.store.len()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	n, _, err := s.be.stats(ctx, s.now())
+	if err != nil {
+		return -1
+	}
+	return n
 }
+
+// Engine names where registrations live: "memory" or "redis".
+func (s *Server) Engine() string { return s.be.engine() }
+
+// Ping reports whether the registration store answers (for /readyz).
+func (s *Server) Ping(ctx context.Context) error { return s.be.ping(ctx) }
 
 func (s *Server) sweepLoop() {
 	defer s.sweeper.Done()
@@ -311,20 +347,16 @@ func (s *Server) sweepLoop() {
 	}
 }
 
-// sweep drops expired registrations in batches so the lock is never held
-// for long even when many expire at once.
+// sweep drops expired registrations.
 func (s *Server) sweep() {
-	for {
-		now := s.now()
-		s.mu.Lock()
-		gone := s.store.expire(now, sweepBatch)
-		s.mu.Unlock()
-		for _, e := range gone {
-			s.log.Debug("registration expired", zap.Stringer("peer", e.peer), zap.String("namespace", e.ns))
-		}
-		if len(gone) < sweepBatch {
-			return
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*opTimeout)
+	defer cancel()
+	n, err := s.be.expire(ctx, s.now())
+	if err != nil {
+		s.log.Debug("sweep expired registrations", zap.Error(err))
+	}
+	if n > 0 {
+		s.log.Debug("registrations expired", zap.Int("count", n))
 	}
 }
 
@@ -442,10 +474,10 @@ func (s *Server) register(remote peer.ID, src netip.Prefix, r *pb.Message_Regist
 		return s.registerError(remote, ns, pb.Message_E_INVALID_TTL, errors.New("ttl out of range"))
 	}
 
-	expires := s.now().Add(ttl)
-	s.mu.Lock()
-	replaced, evicted, err := s.store.add(remote, src, ns, r.GetSignedPeerRecord(), expires)
-	s.mu.Unlock()
+	now := s.now()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	replaced, evicted, err := s.be.add(ctx, remote, src, ns, r.GetSignedPeerRecord(), now.Add(ttl), now)
+	cancel()
 	s.m.evicted.Add(float64(len(evicted)))
 	for _, e := range evicted {
 		s.log.Debug("registration evicted", zap.Stringer("peer", e.peer), zap.String("namespace", e.ns),
@@ -490,11 +522,11 @@ func (s *Server) ttl(req *uint64) (time.Duration, bool) {
 }
 
 func (s *Server) unregister(remote peer.ID, ns string) {
-	s.mu.Lock()
-	n := s.store.unregister(remote, ns)
-	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	n, err := s.be.unregister(ctx, remote, ns)
+	cancel()
 	s.m.unregisters.Inc()
-	s.log.Debug("peer unregistered", zap.Stringer("peer", remote), zap.String("namespace", ns), zap.Int("removed", n))
+	s.log.Debug("peer unregistered", zap.Stringer("peer", remote), zap.String("namespace", ns), zap.Int("removed", n), zap.Error(err))
 }
 
 func (s *Server) discoverError(remote peer.ID, status pb.Message_ResponseStatus, err error) *pb.Message_DiscoverResponse {
@@ -536,9 +568,12 @@ func (s *Server) discover(remote peer.ID, d *pb.Message_Discover) *pb.Message_Di
 	}
 
 	now := s.now()
-	s.mu.Lock()
-	hits := s.store.discover(ns, after, limit, responseBudget, now)
-	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	hits, err := s.be.discover(ctx, ns, after, limit, responseBudget, now)
+	cancel()
+	if err != nil {
+		return s.discoverError(remote, pb.Message_E_UNAVAILABLE, err)
+	}
 
 	// Three allocations per page rather than three per registration.
 	regs := make([]*pb.Message_Register, len(hits))
