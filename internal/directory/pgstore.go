@@ -43,6 +43,10 @@ type PGStore struct {
 	schemaMu sync.Mutex
 	schemaOK atomic.Bool
 
+	// shortScanRows is ShortScanRows, recentRows RecentRows (tests
+	// change them to reach every path with little data).
+	shortScanRows, recentRows int
+
 	lastWarn  atomic.Int64 // unix nanos of the last "unavailable" warning
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -68,42 +72,47 @@ var pgSchema = []string{
 	`ALTER TABLE peer_profiles ADD COLUMN IF NOT EXISTS relay_addr TEXT NOT NULL DEFAULT ''`,
 	`ALTER TABLE peer_profiles ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL DEFAULT nextval('peer_profiles_seq')`,
 	`ALTER TABLE peer_profiles ADD COLUMN IF NOT EXISTS name_fold TEXT
-    GENERATED ALWAYS AS (translate(display_name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')) STORED`,
+    GENERATED ALWAYS AS (` + foldSQL("display_name") + `) STORED`,
 	// Substring search: see keyExpr. pg_trgm extracts trigrams with the
 	// database's ctype: with LC_CTYPE=C, non-ASCII letters yield none and
 	// such patterns fall back to walking last_seen (still correct);
 	// C.UTF-8 indexes them.
 	`DROP INDEX IF EXISTS peer_profiles_name_trgm`,
-	`CREATE INDEX IF NOT EXISTS peer_profiles_name_key_trgm ON peer_profiles USING gin (` + keyExpr + ` gin_trgm_ops)`,
+	`DROP INDEX IF EXISTS peer_profiles_name_key_trgm`,
+	`CREATE INDEX IF NOT EXISTS peer_profiles_key_trgm ON peer_profiles USING gin ((` + keyExpr + `) gin_trgm_ops)`,
 	// Result order, and the walk for short or very common patterns.
 	`CREATE INDEX IF NOT EXISTS peer_profiles_last_seen ON peer_profiles (last_seen DESC, seq DESC)`,
 }
 
 // The trigram key. pg_trgm only takes trigrams from runs of letters and
-// digits, so a pattern such as "a-%" or "e_1" gives it nothing to look up
-// and the search reads the whole table (the SQLite store's FTS5 trigrams
-// cover every character). The index is therefore built on name_fold with
-// each printable ASCII non-alphanumeric character (space included)
-// replaced by its own Georgian letter, and a query is mapped the same way:
-// every character of a typical pattern then takes part in trigrams. A
-// real Georgian letter in a name can collide with a mapped one, so the
-// exact predicate on name_fold always follows; the key only narrows.
+// digits, so a pattern such as "a-%", "e_1" or "o🦀🦀" gives it little or
+// nothing to look up and the search reads the whole table (the SQLite
+// store's FTS5 trigrams cover every character). The index is therefore
+// built on a key of name_fold in which each printable ASCII
+// non-alphanumeric character (space included) becomes its own Georgian
+// letter and any other character that is not a letter or digit (emoji,
+// symbols) becomes one more letter. The query's key is computed by the
+// same SQL expression, so both always agree. A name can really contain
+// those letters, so the exact predicate on name_fold always follows: the
+// key only narrows the candidates.
 const (
-	keyFrom = " !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
-	keyTo   = "აბგდევზთიკლმნოპჟრსტუფქღყშჩცძწჭხჯჰ"
+	keyFrom  = " !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+	keyTo    = "აბგდევზთიკლმნოპჟრსტუფქღყშჩცძწჭხჯჰ"
+	keyOther = "ჸ"
 )
 
-var (
-	keyExpr     = `translate(name_fold, '` + strings.ReplaceAll(keyFrom, "'", "''") + `', '` + keyTo + `')`
-	keyReplacer = func() *strings.Replacer {
-		from, to := []rune(keyFrom), []rune(keyTo)
-		pairs := make([]string, 0, 2*len(from))
-		for i := range from {
-			pairs = append(pairs, string(from[i]), string(to[i]))
-		}
-		return strings.NewReplacer(pairs...)
-	}()
-)
+// keyOf is the SQL expression of the key of the folded text expression x.
+func keyOf(x string) string {
+	return `regexp_replace(translate(` + x + `, '` + strings.ReplaceAll(keyFrom, "'", "''") + `', '` + keyTo +
+		`'), '[^[:alnum:]]', '` + keyOther + `', 'g')`
+}
+
+// foldSQL folds the text expression x as name_fold is folded.
+func foldSQL(x string) string {
+	return `translate(` + x + `, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')`
+}
+
+var keyExpr = keyOf("name_fold")
 
 // OpenPG connects to the PostgreSQL directory at rawURL (postgres:// or
 // postgresql://) and creates or migrates the schema. An engine that does
@@ -137,7 +146,7 @@ func OpenPG(ctx context.Context, rawURL string, log *zap.Logger) (*PGStore, erro
 	if err != nil {
 		return nil, redact(fmt.Errorf("directory: postgres: %w", err), secret)
 	}
-	s := &PGStore{pool: pool, log: log, secret: secret}
+	s := &PGStore{pool: pool, log: log, secret: secret, shortScanRows: ShortScanRows, recentRows: RecentRows}
 	start := time.Now()
 	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -397,14 +406,35 @@ const pgProfileCols = `peer_id, display_name, last_seen, relay_addr`
 // the last_seen index and stop at the 20th match (common pattern) or read
 // the trigram index and sort the few matches (rare pattern); with custom
 // plans it chooses per pattern.
-// Index path: LIKE on the trigram key (the GIN index), then the exact
-// LIKE on the folded name.
-var pgIndexSQL = `SELECT ` + pgProfileCols + ` FROM (
+// Index path. Two name branches in one statement (one snapshot, one
+// round trip): "recent" filters the newest recentRows profiles, walking
+// the last_seen index; when it finds SearchLimit matches they are the
+// answer (no older row can rank before them) and the second branch is
+// skipped by its one-time condition. Otherwise the second branch looks
+// the key up in the trigram index, checks the exact predicate and sorts
+// the matches. A common pattern thus costs a short walk instead of
+// fetching and sorting thousands of matches; a rare one costs one walk
+// of recentRows plus an index lookup. The planner cannot be left to pick
+// between the two: its estimate for a leading-% LIKE is a constant.
+var pgIndexSQL = `WITH recent AS (
+    SELECT ` + pgProfileCols + `, seq FROM (
+        SELECT ` + pgProfileCols + `, seq, name_fold FROM peer_profiles ORDER BY last_seen DESC, seq DESC LIMIT $3
+    ) r WHERE name_fold LIKE $2` + pgOrder + `
+)
+SELECT ` + pgProfileCols + ` FROM (
+    SELECT * FROM recent
+    UNION
     (SELECT ` + pgProfileCols + `, seq FROM peer_profiles
-        WHERE ` + keyExpr + ` LIKE $3 AND name_fold LIKE $2` + pgOrder + `)
+        WHERE (SELECT count(*) FROM recent) < ` + fmt.Sprint(SearchLimit) + `
+        AND ` + keyExpr + ` LIKE '%' || ` + keyOf(foldSQL("$1::text")) + ` || '%'
+        AND name_fold LIKE $2` + pgOrder + `)
     UNION
     (SELECT ` + pgProfileCols + `, seq FROM peer_profiles WHERE peer_id = $1)
 ) m` + pgOrder
+
+// RecentRows bounds the first branch of pgIndexSQL: a pattern matching
+// at least 1 profile in 150 is answered from it.
+const RecentRows = 3000
 
 const (
 	pgOrder = ` ORDER BY last_seen DESC, seq DESC LIMIT 20`
@@ -458,10 +488,9 @@ func (s *PGStore) Search(ctx context.Context, query string) ([]Profile, error) {
 	case n > MaxDisplayName:
 		sqlText, args = pgPeerSQL, []any{q}
 	case n >= 3:
-		// The key pattern needs no escapes: % _ \ are mapped to letters.
-		sqlText, args = pgIndexSQL, []any{q, likeSubstring(foldASCII(q)), "%" + keyReplacer.Replace(foldASCII(q)) + "%"}
+		sqlText, args = pgIndexSQL, []any{q, likeSubstring(foldASCII(q)), s.recentRows}
 	default:
-		sqlText, args = pgScanSQL, []any{q, foldASCII(q), ShortScanRows}
+		sqlText, args = pgScanSQL, []any{q, foldASCII(q), s.shortScanRows}
 	}
 	var out []Profile
 	err := s.do(ctx, "search", func(ctx context.Context) error {

@@ -44,6 +44,8 @@ var backends = []struct {
 }{
 	{"sqlite", func(t testing.TB) Storage { return openStore(t) }},
 	{"postgres", func(t testing.TB) Storage { return openPG(t) }},
+	// Every 3+ character search through the trigram branch.
+	{"postgres-index", func(t testing.TB) Storage { s := openPG(t); s.recentRows = 0; return s }},
 }
 
 func forEachBackend(t *testing.T, fn func(t *testing.T, s Storage)) {
@@ -253,8 +255,13 @@ func TestBackendOrderingLimitEvictExpire(t *testing.T) {
 // TestBackendParityRandomized performs the same random operations on both
 // backends and requires identical answers to every query.
 func TestBackendParityRandomized(t *testing.T) {
-	lite, pg := openStore(t), openPG(t)
+	u := testutil.PostgresURL(t)
+	lite, pg := openStore(t), openPGAt(t, u)
 	stores := []Backend{lite, pg}
+	// The same database through the other paths: the trigram branch
+	// alone, and a short recent walk that often falls back to it.
+	pgIdx, pgShort := openPGAt(t, u), openPGAt(t, u)
+	pgIdx.recentRows, pgShort.recentRows = 0, 50
 	r := rand.New(rand.NewPCG(7, 77))
 	n, rounds, queries := 1500, 3, 300
 	if raceEnabled {
@@ -319,12 +326,14 @@ func TestBackendParityRandomized(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, err := pg.Search(bg, q)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(a, b) {
-				t.Fatalf("round %d: Search(%q)\nsqlite   %q\npostgres %q", round, q, names(a), names(b))
+			for _, p := range []*PGStore{pg, pgIdx, pgShort} {
+				b, err := p.Search(bg, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(a, b) {
+					t.Fatalf("round %d: Search(%q) (recent rows %d)\nsqlite   %q\npostgres %q", round, q, p.recentRows, names(a), names(b))
+				}
 			}
 			if len(a) > 0 {
 				hits++
@@ -674,20 +683,21 @@ func TestPGMigratesOldTable(t *testing.T) {
 	}
 	var idx int
 	if err := c.QueryRow(bg, `SELECT count(*) FROM pg_indexes WHERE tablename = 'peer_profiles'
-        AND indexname IN ('peer_profiles_name_key_trgm', 'peer_profiles_last_seen')`).Scan(&idx); err != nil || idx != 2 {
+        AND indexname IN ('peer_profiles_key_trgm', 'peer_profiles_last_seen')`).Scan(&idx); err != nil || idx != 2 {
 		t.Fatalf("indexes: %d %v", idx, err)
 	}
 }
 
 // The trigram key maps every printable ASCII character that is not a
-// letter or digit, each to its own letter, and nothing else.
+// letter or digit to its own letter, anything else that is not a letter
+// or digit to one more, and leaves letters and digits alone.
 func TestPGKeyMapping(t *testing.T) {
 	from, to := []rune(keyFrom), []rune(keyTo)
 	if len(from) != len(to) {
 		t.Fatalf("%d characters mapped to %d", len(from), len(to))
 	}
 	seen := map[rune]bool{}
-	for _, c := range to {
+	for _, c := range append(to, []rune(keyOther)...) {
 		if seen[c] || !unicode.IsLetter(c) || unicode.ToLower(c) != c {
 			t.Fatalf("target %q repeated, not a letter or not lower case", c)
 		}
@@ -702,8 +712,13 @@ func TestPGKeyMapping(t *testing.T) {
 	if string(want) != keyFrom {
 		t.Fatalf("keyFrom = %q, want %q", keyFrom, string(want))
 	}
-	if got := keyReplacer.Replace(`a-%_\ b`); got != "a"+string(to[13])+string(to[5])+string(to[27])+string(to[24])+string(to[0])+"b" {
-		t.Fatalf("replacer: %q", got)
+	s := openPG(t)
+	var got string
+	if err := s.pool.QueryRow(bg, `SELECT `+keyOf(foldSQL("$1::text")), `A-%_\ bZoë🦀日本9`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if w := "a" + string(to[13]) + string(to[5]) + string(to[27]) + string(to[24]) + string(to[0]) + "bzoë" + keyOther + "日本9"; got != w {
+		t.Fatalf("key = %q, want %q", got, w)
 	}
 }
 
@@ -737,7 +752,7 @@ func TestPGSearchPlans(t *testing.T) {
 	if _, err := s.pool.Exec(bg, `ANALYZE peer_profiles`); err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{"zzq", "a-%x", "e_1", "日本語語"} {
+	for _, q := range []string{"zzq", "a-%x", "e_1", "日本語語", "o🦀🦀"} {
 		// Run it often enough for a generic plan to be chosen if allowed.
 		for i := 0; i < 8; i++ {
 			if _, err := s.Search(bg, q); err != nil {
@@ -745,7 +760,7 @@ func TestPGSearchPlans(t *testing.T) {
 			}
 		}
 		var plan []string
-		rs, err := s.pool.Query(bg, `EXPLAIN `+pgIndexSQL, q, likeSubstring(foldASCII(q)), "%"+keyReplacer.Replace(foldASCII(q))+"%")
+		rs, err := s.pool.Query(bg, `EXPLAIN `+pgIndexSQL, q, likeSubstring(foldASCII(q)), s.recentRows)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -757,7 +772,7 @@ func TestPGSearchPlans(t *testing.T) {
 			plan = append(plan, l)
 		}
 		rs.Close()
-		if p := strings.Join(plan, "\n"); !strings.Contains(p, "peer_profiles_name_key_trgm") || strings.Contains(p, "Seq Scan") {
+		if p := strings.Join(plan, "\n"); !strings.Contains(p, "peer_profiles_key_trgm") || strings.Contains(p, "Seq Scan") {
 			t.Fatalf("%q: plan without the trigram index:\n%s", q, p)
 		}
 	}
