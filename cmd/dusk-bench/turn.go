@@ -79,6 +79,9 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 			// Every generator socket is on 127.0.0.1: lift the per-IP quota
 			// (ignored by builds that predate it).
 			"DUSK_TURN_MAX_PER_IP": "100000",
+			// coturn runs without max-bps; a limit no flow reaches keeps
+			// the per-packet bandwidth check in the measured path.
+			"DUSK_TURN_MAX_BPS": "1099511627776",
 		}, secret)
 		if err != nil {
 			return err
