@@ -94,6 +94,9 @@ type Rendezvous struct {
 	MaxBytesPerPeer int64 `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER" default:"262144" desc:"rendezvous: max bytes of live registrations per peer"`
 	MaxBytesPerAddr int64 `envconfig:"DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR" default:"4194304" desc:"rendezvous: max bytes of live registrations per source address (IPv4) or /56 (IPv6)"`
 	DiscoverAll     bool  `envconfig:"DUSK_RENDEZVOUS_DISCOVER_ALL" default:"false" desc:"rendezvous: answer discover requests without a namespace (every registration to anyone; Dusk clients never need it)"`
+	// RedisURL puts the rendezvous registrations and the reservation
+	// records in Redis, shared by the relays of a cluster.
+	RedisURL string `envconfig:"DUSK_REDIS_URL" desc:"rendezvous registrations and reservation records in Redis, shared by a cluster's relays: redis://[user:password@]host:6379[/db] or rediss:// (unset: in memory)"`
 }
 
 // minTURNBPS is the smallest DUSK_TURN_MAX_BPS accepted: an Opus voice
@@ -338,6 +341,14 @@ func (c *Config) Validate() error {
 	}
 	if err := validateEngineURL("DUSK_DIRECTORY_URL", c.DirectoryURL, "postgres", "postgresql"); err != nil {
 		return err
+	}
+	if err := validateEngineURL("DUSK_REDIS_URL", c.RedisURL, "redis", "rediss"); err != nil {
+		return err
+	}
+	if c.RedisURL != "" && c.DiscoverAll {
+		// Ids are counted per namespace so that Redis Cluster can shard by
+		// namespace: there is no order across namespaces to page in.
+		return bad("DUSK_RENDEZVOUS_DISCOVER_ALL", "true", "not supported with DUSK_REDIS_URL")
 	}
 	if c.MetricsEnabled() {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

@@ -59,3 +59,11 @@ func (d Directory) DirectoryEngine() string {
 	}
 	return "sqlite"
 }
+
+// RendezvousEngine names where rendezvous registrations live.
+func (r Rendezvous) RendezvousEngine() string {
+	if r.RedisURL != "" {
+		return "redis"
+	}
+	return "memory"
+}
