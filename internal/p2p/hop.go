@@ -87,6 +87,9 @@ func (n *Node) handleHop(s network.Stream, inner network.StreamHandler) {
 			n.tr.ConnectionRequestHandled(pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
 			return
 		}
+		if n.forward(s, src, dst) { // reserved at another relay of the cluster
+			return
+		}
 		inner(hs)
 		if st := hs.result(); st != pbv2.Status_OK {
 			n.circuits.Add(-1)

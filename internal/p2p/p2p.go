@@ -83,6 +83,7 @@ type Node struct {
 	circuits     atomic.Int64 // live plus being set up
 	m            *metrics
 	tr           *tracer
+	fwd          Forwarder // CONNECTs for peers reserved elsewhere, see forward.go
 
 	rsvMu     sync.Mutex
 	reserved  map[peer.ID]rsv      // see reserve.go
