@@ -22,6 +22,7 @@ import (
 	"github.com/duskchat/dusk-relay/internal/metrics"
 	"github.com/duskchat/dusk-relay/internal/p2p"
 	"github.com/duskchat/dusk-relay/internal/rendezvous"
+	"github.com/duskchat/dusk-relay/internal/reservations"
 	"github.com/duskchat/dusk-relay/internal/turn"
 	"github.com/duskchat/dusk-relay/internal/turnauth"
 	"github.com/duskchat/dusk-relay/internal/turncreds"
@@ -79,6 +80,20 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		return fmt.Errorf("identity: %w", err)
 	}
 
+	// Redis (DUSK_REDIS_URL): rendezvous registrations and reservation
+	// records shared by the relays of a cluster. Closed last, after the
+	// host and the recorder (stops run in reverse).
+	rdb, err := openRedis(cfg, log)
+	if err != nil {
+		return err
+	}
+	var rsvRec *reservations.Recorder
+	if rdb != nil {
+		onStop("redis", closer(rdb.Close))
+		rsvRec = reservations.New(rdb, redisKeyPrefix, log.Named("reservations"))
+		onStop("reservation records", closer(rsvRec.Close))
+	}
+
 	opts := p2p.Options{Version: version, PublicHost: cfg.PublicHost}
 	if !cfg.PublicIPGuessed {
 		opts.PublicIP = cfg.PublicIP
@@ -90,6 +105,10 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	}
 	onStop("libp2p host", closer(node.Close))
 	h := node.Host()
+	if rsvRec != nil {
+		node.SetReservationHook(rsvRec)
+		rsvRec.Start(h.ID(), node.AnnouncedAddrs)
+	}
 	if ops != nil {
 		ops.AddCheck("libp2p", func() error {
 			if len(h.Network().ListenAddresses()) == 0 {
@@ -160,12 +179,24 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	}
 	onStop("federation", closer(fed.Close))
 
-	rdv := rendezvous.New(cfg.Rendezvous, log.Named("rendezvous"), reg,
+	rdvOpts := []rendezvous.Option{
 		rendezvous.WithMaxBytes(int(cfg.Rendezvous.MaxBytes)),
 		rendezvous.WithOnRegister(func(p peer.ID, ns string, ttl time.Duration) {
 			fed.Publish(p, ns, ttl)
-		}))
+		}),
+	}
+	if rdb != nil {
+		rdvOpts = append(rdvOpts, rendezvous.WithRedis(rdb, redisKeyPrefix))
+	}
+	rdv := rendezvous.New(cfg.Rendezvous, log.Named("rendezvous"), reg, rdvOpts...)
 	onStop("rendezvous", closer(rdv.Close))
+	if ops != nil && rdb != nil {
+		ops.AddCheck("rendezvous ("+rdv.Engine()+")", func() error {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			return rdv.Ping(pctx)
+		})
+	}
 	rdv.Attach(h)
 
 	// Every handler is attached and the directory is open: only now take
@@ -248,5 +279,7 @@ func logStartup(log *zap.Logger, cfg *config.Config, version string) {
 		zap.String("metrics_addr", cfg.MetricsAddr),
 		zap.String("directory", cfg.DirectoryEngine()),
 		zap.String("directory_url", config.RedactURL(cfg.DirectoryURL)),
+		zap.String("rendezvous", cfg.RendezvousEngine()),
+		zap.String("redis_url", config.RedactURL(cfg.RedisURL)),
 	)
 }

@@ -89,6 +89,7 @@ type Node struct {
 	reserved  map[peer.ID]rsv      // see reserve.go
 	perPrefix map[netip.Prefix]int // reservations per IPv4 address / IPv6 /56
 	rsvPerIP  int
+	rsvHook   ReservationHook // told of reservations, see rsvhook.go
 
 	act                  *activity // last stream per peer, see idle.go
 	sweepStop, sweepDone chan struct{}

@@ -86,6 +86,9 @@ func (n *Node) settleReservation(p peer.ID, renewal, accepted bool) {
 	case accepted:
 		r.exp = time.Now().Add(n.cfg.ReservationTTL)
 		n.reserved[p] = r
+		if n.rsvHook != nil {
+			n.rsvHook.OnReserve(p, r.exp)
+		}
 	case !renewal:
 		n.dropLocked(p, r)
 	}
@@ -93,6 +96,9 @@ func (n *Node) settleReservation(p peer.ID, renewal, accepted bool) {
 
 func (n *Node) dropLocked(p peer.ID, r rsv) {
 	delete(n.reserved, p)
+	if n.rsvHook != nil {
+		n.rsvHook.OnEnd(p)
+	}
 	if !r.key.IsValid() {
 		return
 	}

@@ -424,7 +424,7 @@ func TestRedisSharedAcrossServers(t *testing.T) {
 
 // With Redis unreachable every operation fails with ErrUnavailable, fast.
 func TestRedisUnreachableIsTyped(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1, DialTimeout: time.Second})
 	defer rdb.Close()
 	s := New(testCfg, zap.NewNop(), nil, WithRedis(rdb, "x:"))
 	defer s.Close()

@@ -239,21 +239,23 @@ func (r *Recorder) flush(ctx context.Context) bool {
 	if addrs != nil {
 		own = addrs()
 	}
-	ok := true
+	var failed error
 	for p, exp := range batch {
-		if err := r.apply(ctx, self, own, p, exp); err != nil {
-			if ok {
-				r.log.Debug("reservation record", zap.Stringer("peer", p), zap.Error(err))
+		if failed == nil {
+			if failed = r.apply(ctx, self, own, p, exp); failed == nil {
+				continue
 			}
-			ok = false
-			r.mu.Lock()
-			if _, newer := r.pending[p]; !newer && !r.closed {
-				r.pending[p] = exp
-			}
-			r.mu.Unlock()
+			r.log.Debug("reservation record", zap.Stringer("peer", p), zap.Error(failed))
 		}
+		// Redis failed: keep the rest for the next round rather than
+		// trying each against a server that is down.
+		r.mu.Lock()
+		if _, newer := r.pending[p]; !newer && !r.closed {
+			r.pending[p] = exp
+		}
+		r.mu.Unlock()
 	}
-	return ok
+	return failed == nil
 }
 
 func (r *Recorder) apply(ctx context.Context, self peer.ID, own []ma.Multiaddr, p peer.ID, exp time.Time) error {
