@@ -109,6 +109,13 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		node.SetReservationHook(rsvRec)
 		rsvRec.Start(h.ID(), node.AnnouncedAddrs)
 	}
+	// A CONNECT for a peer reserved at another relay of the cluster goes
+	// through the circuit mesh; stopped before the host (reverse order).
+	if m, err := startMesh(cfg, node, rsvRec, log.Named("mesh"), reg); err != nil {
+		return err
+	} else if m != nil {
+		onStop("circuit mesh", closer(m.Close))
+	}
 	if ops != nil {
 		ops.AddCheck("libp2p", func() error {
 			if len(h.Network().ListenAddresses()) == 0 {
