@@ -22,7 +22,9 @@ type rsv struct {
 }
 
 // addrKey is the prefix a connection's reservations are counted under.
-// The zero prefix (no IP, e.g. a relayed connection) is not capped.
+// The zero prefix (no IP, e.g. a relayed connection, or 127.0.0.1 and ::1,
+// exempt as from the connection caps: local tools and benchmarks) is not
+// capped.
 func addrKey(a ma.Multiaddr) netip.Prefix {
 	ip, err := manet.ToIP(a)
 	if err != nil {
@@ -33,6 +35,9 @@ func addrKey(a ma.Multiaddr) netip.Prefix {
 		return netip.Prefix{}
 	}
 	addr = addr.Unmap()
+	if addr == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || addr == netip.IPv6Loopback() {
+		return netip.Prefix{}
+	}
 	bits := 32
 	if addr.Is6() {
 		bits = 56

@@ -16,6 +16,9 @@ func TestAddrKey(t *testing.T) {
 		{"/ip6/2001:db8:1:200::1/tcp/1", "2001:db8:1:200::/56"},
 		{"/ip6/::ffff:203.0.113.7/tcp/1", "203.0.113.7/32"}, // IPv4-mapped counts as IPv4
 		{"/dns4/example.org/tcp/1", "invalid Prefix"},
+		{"/ip4/127.0.0.1/tcp/1", "invalid Prefix"}, // exempt, as from the connection caps
+		{"/ip6/::1/tcp/1", "invalid Prefix"},
+		{"/ip4/127.0.0.2/tcp/1", "127.0.0.2/32"},
 	} {
 		if got := addrKey(ma.StringCast(tc.addr)).String(); got != tc.want {
 			t.Errorf("addrKey(%s) = %s, want %s", tc.addr, got, tc.want)
