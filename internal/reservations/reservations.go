@@ -38,6 +38,10 @@ const (
 	maxPending = 1 << 16
 	opTimeout  = 2 * time.Second
 	retryDelay = time.Second
+	// DefaultRefresh is how often every live record is written again, so
+	// a Redis that restarted empty (or lost keys) has them back without
+	// waiting for the clients to renew their reservations.
+	DefaultRefresh = 2 * time.Minute
 	// closeBudget bounds removing this relay's records at shutdown.
 	closeBudget = 3 * time.Second
 )
@@ -137,7 +141,8 @@ type Recorder struct {
 	closed  bool
 	dropped int
 
-	written map[peer.ID]struct{} // records this relay holds; worker only
+	written map[peer.ID]time.Time // records this relay holds, with expiry; worker only
+	refresh time.Duration
 	kick    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -152,7 +157,8 @@ func New(rdb redis.UniversalClient, keyPrefix string, log *zap.Logger) *Recorder
 	return &Recorder{
 		rdb: rdb, prefix: keyPrefix, log: log,
 		pending: make(map[peer.ID]time.Time),
-		written: make(map[peer.ID]struct{}),
+		written: make(map[peer.ID]time.Time),
+		refresh: DefaultRefresh,
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -203,13 +209,20 @@ func (r *Recorder) signal() {
 	}
 }
 
+// SetRefresh overrides DefaultRefresh (tests); call before Start.
+func (r *Recorder) SetRefresh(d time.Duration) { r.refresh = d }
+
 func (r *Recorder) run() {
 	defer close(r.done)
+	tick := time.NewTicker(r.refresh)
+	defer tick.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-r.kick:
+		case <-tick.C:
+			r.requeueLive()
 		}
 		if !r.flush(context.Background()) {
 			// Redis failed: what is left is retried after a pause.
@@ -219,6 +232,23 @@ func (r *Recorder) run() {
 			case <-time.After(retryDelay):
 				r.signal()
 			}
+		}
+	}
+}
+
+// requeueLive queues every live record this relay wrote (unless a newer
+// event for the peer is queued); expired ones are forgotten.
+func (r *Recorder) requeueLive() {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for p, exp := range r.written {
+		if !exp.After(now) {
+			delete(r.written, p)
+			continue
+		}
+		if _, queued := r.pending[p]; !queued && len(r.pending) < maxPending {
+			r.pending[p] = exp
 		}
 	}
 }
@@ -273,7 +303,7 @@ func (r *Recorder) apply(ctx context.Context, self peer.ID, own []ma.Multiaddr, 
 	if err := write.Run(ctx, r.rdb, []string{k}, self.String(), encode(exp, own), exp.UnixMilli(), now).Err(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	r.written[p] = struct{}{}
+	r.written[p] = exp
 	return nil
 }
 

@@ -172,3 +172,26 @@ func TestRecorderRedisDown(t *testing.T) {
 		t.Fatal("Lookup with Redis down: no error")
 	}
 }
+
+// A Redis that lost the records (restarted empty, flushed) has them back
+// at the next refresh, without the client renewing its reservation.
+func TestRecordsRewrittenAfterLoss(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	rec := New(rdb, prefix, nil)
+	rec.SetRefresh(100 * time.Millisecond)
+	rec.Start(pid(8), addrsOf("/ip4/198.51.100.8/tcp/4001"))
+	defer rec.Close()
+	p, gone := pid(9), pid(10)
+	rec.OnReserve(p, time.Now().Add(time.Hour))
+	rec.OnReserve(gone, time.Now().Add(time.Hour))
+	rec.OnEnd(gone)
+	waitFor(t, "record", func() bool { return len(lookup(t, rdb, prefix, p)) == 1 })
+	if err := rdb.Del(context.Background(), key(prefix, p)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "record rewritten", func() bool { return len(lookup(t, rdb, prefix, p)) == 1 })
+	time.Sleep(300 * time.Millisecond)
+	if r := lookup(t, rdb, prefix, gone); len(r) != 0 {
+		t.Fatalf("an ended reservation came back: %+v", r)
+	}
+}
