@@ -97,7 +97,7 @@ func (r *redisBackend) budgetBase() string { return r.prefix + "rv{b}:" }
 
 func (r *redisBackend) budgetKeys() []string {
 	b := r.budgetBase()
-	return []string{b + "info", b + "exp", b + "tot", b + "pc", b + "pb", b + "srcz"}
+	return []string{b + "info", b + "exp", b + "tot", b + "pc", b + "pb", b + "srcz", b + "gc"}
 }
 
 // regID names a registration in the budget slot: namespace tag, then peer.
@@ -135,7 +135,12 @@ local function drop(regid)
 end
 local function cleanup(limit)
   local gone = redis.call('ZRANGEBYSCORE', K('exp'), '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(gone) do drop(id) end
+  for _, id in ipairs(gone) do
+    drop(id)
+    -- The namespace slot still holds it: the sweep removes it there.
+    redis.call('ZADD', K('gc'), now, id)
+  end
+  if #gone > 0 then touch(K('gc')) end
   return #gone
 end
 `
@@ -236,10 +241,17 @@ return out
 `)
 
 // budgetSweep drops up to ARGV[4] expired registrations and returns
-// {dropped, count, bytes}.
+// {dropped, count, bytes, then up to ARGV[4] regids expired from the
+// budgets that their namespaces may still hold}.
 var budgetSweep = redis.NewScript(budgetLib + `
-local n = cleanup(tonumber(ARGV[4]))
-return {n, tonumber(redis.call('HGET', K('tot'), 'count') or '0'), tonumber(redis.call('HGET', K('tot'), 'bytes') or '0')}
+local limit = tonumber(ARGV[4])
+local n = cleanup(limit)
+local out = {n, tonumber(redis.call('HGET', K('tot'), 'count') or '0'), tonumber(redis.call('HGET', K('tot'), 'bytes') or '0')}
+if limit > 0 then
+  local g = redis.call('ZPOPMIN', K('gc'), limit)
+  for i = 1, #g, 2 do table.insert(out, g[i]) end
+end
+return out
 `)
 
 // nsLib drops a namespace's expired members (KEYS: ids, exp, reg, ctr).
@@ -275,6 +287,19 @@ var nsDel = redis.NewScript(`
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return redis.call('ZREM', KEYS[1], ARGV[1])
+`)
+
+// nsExpire removes peer ARGV[1] if its registration expired at ARGV[2]
+// (a fresh re-registration stays).
+var nsExpire = redis.NewScript(`
+local e = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if e and tonumber(e) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
 `)
 
 // nsDiscover pages the namespace. ARGV: after, limit, maxBytes, now,
@@ -424,16 +449,33 @@ func (r *redisBackend) discover(ctx context.Context, ns string, after uint64, li
 	return out, nil
 }
 
+// expire drops expired registrations from the budgets, then from their
+// namespaces (which otherwise drop them only when touched, or when their
+// keys expire MaxTTL after the last registration: with short TTLs that
+// could hold many times the budget).
 func (r *redisBackend) expire(ctx context.Context, now time.Time) (int, error) {
 	const batch = 1024
 	total := 0
 	for range 64 {
-		res, err := budgetSweep.Run(ctx, r.rdb, r.budgetKeys(), r.budgetBase(), ms(now), r.keyTTL.Milliseconds(), batch).Int64Slice()
+		res, err := budgetSweep.Run(ctx, r.rdb, r.budgetKeys(), r.budgetBase(), ms(now), r.keyTTL.Milliseconds(), batch).Slice()
 		if err != nil {
 			return total, unavailable(err)
 		}
-		total += int(res[0])
-		if res[0] < batch {
+		if len(res) < 3 {
+			return total, unavailable(errors.New("sweep script: short reply"))
+		}
+		n, _ := res[0].(int64)
+		total += int(n)
+		for _, v := range res[3:] {
+			id, _ := v.(string)
+			if len(id) <= nsTagLen {
+				continue
+			}
+			if err := nsExpire.Run(ctx, r.rdb, r.nsKeys(id[:nsTagLen]), id[nsTagLen:], ms(now)).Err(); err != nil {
+				return total, unavailable(err)
+			}
+		}
+		if n < batch && len(res)-3 < batch {
 			break
 		}
 	}

@@ -448,3 +448,42 @@ func TestRedisUnreachableIsTyped(t *testing.T) {
 		t.Fatalf("took %v", d)
 	}
 }
+
+// The sweep drops expired registrations from their namespaces too, not
+// only from the budgets: a namespace nobody touches again must not keep
+// them until its keys expire.
+func TestRedisSweepCleansNamespaces(t *testing.T) {
+	rdb, prefix := newTestRedis(t)
+	clock := newFakeClock()
+	s := New(testCfg, zap.NewNop(), nil, WithRedis(rdb, prefix), WithClock(clock.Now))
+	defer s.Close()
+	rb := s.be.(*redisBackend)
+	for i := 1; i <= 5; i++ {
+		mustAdd(t, s, pid(i), testSrc, "quiet", []byte{byte(i)}, clock.Now().Add(2*time.Hour))
+	}
+	mustAdd(t, s, pid(6), testSrc, "quiet", []byte{6}, clock.Now().Add(5*time.Hour))
+	mustAdd(t, s, pid(7), testSrc, "busy", []byte{7}, clock.Now().Add(2*time.Hour))
+	quiet, busy := rb.nsKeys(nsTag("quiet"))[0], rb.nsKeys(nsTag("busy"))[0]
+	clock.Advance(3 * time.Hour)
+	// Another namespace's register drops the expired from the budgets
+	// (they wait in gc for their namespaces)...
+	mustAdd(t, s, pid(8), testSrc, "elsewhere", []byte{8}, clock.Now().Add(2*time.Hour))
+	// ...and pid(7) registers again in "busy" before the sweep: kept.
+	mustAdd(t, s, pid(7), testSrc, "busy", []byte{77}, clock.Now().Add(2*time.Hour))
+	if n := rdb.ZCard(bg, quiet).Val(); n != 6 {
+		t.Fatalf("quiet namespace holds %d before the sweep", n)
+	}
+	s.sweep()
+	if n := rdb.ZCard(bg, quiet).Val(); n != 1 {
+		t.Fatalf("quiet namespace holds %d after the sweep, want its 1 live registration", n)
+	}
+	if got := pageAll(t, s, "busy", 10); len(got) != 1 || got[0][0] != 77 || rdb.ZCard(bg, busy).Val() != 1 {
+		t.Fatalf("busy namespace after the sweep: %v", got)
+	}
+	if n := rdb.ZCard(bg, rb.budgetBase()+"gc").Val(); n != 0 {
+		t.Fatalf("%d left to collect", n)
+	}
+	if n := s.Registrations(); n != 3 {
+		t.Fatalf("Registrations %d, want 3", n)
+	}
+}
