@@ -15,14 +15,17 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/record"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
 	cproto "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/util"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/redis/go-redis/v9"
+	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
 	"go.uber.org/zap"
 
+	"github.com/duskchat/dusk-relay/internal/directory"
 	"github.com/duskchat/dusk-relay/internal/identity"
 	"github.com/duskchat/dusk-relay/internal/mesh"
 	"github.com/duskchat/dusk-relay/internal/reservations"
@@ -137,9 +140,11 @@ func meshHop(t *testing.T, c host.Host, d *daemon, dst peer.ID) (pbv2.Status, ti
 	return resp.GetStatus(), time.Since(start)
 }
 
-// TestClusterMesh: three daemons (A, B, C) sharing Redis, every one
-// listing the other two. A client on A dials a client reserved only at B
-// through A (/p2p/A/p2p-circuit/p2p/X, as the app does) and an echo works
+// TestClusterMesh: three daemons (A, B, C) sharing Redis and PostgreSQL,
+// every one listing the other two. A client reserved only at B registers a
+// rendezvous namespace and a profile there; a client on A discovers it at
+// A, one on C finds the profile at C. Each dials the target through its
+// own relay (/p2p/A/p2p-circuit/p2p/X, as the app does) and an echo works
 // both ways; the target sees the initiator's peer ID on a circuit via B.
 // Before the mesh, A answered NO_RESERVATION. Gossip a client on B
 // publishes on dusk/sync reaches a client on A. A stranger opening the
@@ -147,7 +152,7 @@ func meshHop(t *testing.T, c host.Host, d *daemon, dst peer.ID) (pbv2.Status, ti
 // (never hangs) and /readyz at A stays 200.
 func TestClusterMesh(t *testing.T) {
 	redisURL, _ := testutil.RedisURL(t)
-	ds := meshCluster(t, 3, redisURL)
+	ds := meshCluster(t, 3, redisURL, "DUSK_DIRECTORY_URL="+testutil.PostgresURL(t))
 	a, b, c := ds[0], ds[1], ds[2]
 
 	target := meshClient(t)
@@ -175,10 +180,41 @@ func TestClusterMesh(t *testing.T) {
 		return err == nil && len(recs) == 1 && recs[0].Relay == b.peerID
 	})
 
+	// The target announces itself at B as the app does: a rendezvous
+	// registration (its record names B's circuit address) and a profile
+	// with B's relay_addr. A discovers the one, C finds the other.
+	atB := b.addrs[0].Encapsulate(ma.StringCast("/p2p/" + b.peerID.String() + "/p2p-circuit"))
+	ns := "dusk/community/mesh-" + target.ID().String()[:12]
+	if r, err := rdvCall(ctx10(t), target, b.peerID, rdvRegister(ns, sealRecord(t, target, []ma.Multiaddr{atB}, 1))); err != nil ||
+		r.GetRegisterResponse().GetStatus() != pb.Message_OK {
+		t.Fatalf("register at B: %v %v", r, err)
+	}
+	if r := dirCall(t, target, b, directory.Request{Kind: directory.RequestRegister, DisplayName: "Mesh Target", RelayAddr: atB.String()}); r.Kind != directory.ResponseOk {
+		t.Fatalf("directory register at B: %#v", r)
+	}
+	inits := map[*daemon]host.Host{}
 	for _, via := range []*daemon{a, c} {
 		init := meshClient(t)
 		init.SetStreamHandler(meshEchoProto, func(s network.Stream) { defer s.Close(); _, _ = io.Copy(s, s) })
 		connectTo(t, init, via)
+		inits[via] = init
+	}
+	r, err := rdvCall(ctx10(t), inits[a], a.peerID, rdvDiscover(ns))
+	if err != nil || len(r.GetDiscoverResponse().GetRegistrations()) != 1 {
+		t.Fatalf("discover at A: %v %v", r, err)
+	}
+	_, rec, err := record.ConsumeEnvelope(r.GetDiscoverResponse().GetRegistrations()[0].GetSignedPeerRecord(), peer.PeerRecordEnvelopeDomain)
+	if err != nil || rec.(*peer.PeerRecord).PeerID != target.ID() {
+		t.Fatalf("discovered record: %v %v", rec, err)
+	}
+	if r := dirCall(t, inits[c], c, directory.Request{Kind: directory.RequestSearch, Query: "mesh tar"}); r.Kind != directory.ResponseResults ||
+		len(r.Results) != 1 || r.Results[0].PeerID != target.ID().String() || r.Results[0].RelayAddr != atB.String() {
+		t.Fatalf("directory search at C: %#v", r)
+	}
+
+	// Each dials the target through its own relay, as the app does.
+	for _, via := range []*daemon{a, c} {
+		init := inits[via]
 		if err := init.Connect(ctx10(t), peer.AddrInfo{ID: target.ID(), Addrs: []ma.Multiaddr{viaRelay(via, target.ID())}}); err != nil {
 			t.Fatalf("dial the target via its own relay: %v", err)
 		}
