@@ -420,6 +420,20 @@ func TestRedisSharedAcrossServers(t *testing.T) {
 	if a.Registrations() != 6 || b.Registrations() != 6 {
 		t.Fatalf("counts: %d, %d", a.Registrations(), b.Registrations())
 	}
+	// The budgets count across relays: a peer at its cap through A and B
+	// is refused at either.
+	ca := New(testCfg, zap.NewNop(), nil, WithRedis(rdb, prefix+"caps:"), WithMaxPerPeer(3))
+	cb := New(testCfg, zap.NewNop(), nil, WithRedis(rdb, prefix+"caps:"), WithMaxPerPeer(3))
+	defer ca.Close()
+	defer cb.Close()
+	mustAdd(t, ca, pid(1), testSrc, "n1", []byte("r"), exp)
+	mustAdd(t, cb, pid(1), testSrc, "n2", []byte("r"), exp)
+	mustAdd(t, ca, pid(1), testSrc, "n3", []byte("r"), exp)
+	for _, srv := range []*Server{ca, cb} {
+		if _, _, err := srv.be.add(bg, pid(1), testSrc, "n4", []byte("r"), exp, time.Now()); !errors.Is(err, errPeerLimit) {
+			t.Fatalf("4th registration across two relays: %v, want errPeerLimit", err)
+		}
+	}
 }
 
 // With Redis unreachable every operation fails with ErrUnavailable, fast.
