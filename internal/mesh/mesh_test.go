@@ -544,3 +544,63 @@ func TestMeshLimits(t *testing.T) {
 		t.Fatalf("B forwarded %v bytes towards the target, cap 20000", up)
 	}
 }
+
+// A member's malformed mesh requests get MALFORMED_MESSAGE and are
+// counted; a target that does not take the STOP gets the initiator
+// CONNECTION_FAILED. B keeps serving either way.
+func TestMeshBadRequests(t *testing.T) {
+	loc := &memLocator{at: map[peer.ID]peer.ID{}}
+	rs := cluster(t, 2, loc, nil, nil)
+	a, b := rs[0], rs[1]
+	for i, payload := range [][]byte{
+		{0x05, 0xff, 0xff, 0xff, 0xff, 0xff}, // not a protobuf
+		{0xff, 0xff, 0xff, 0xff, 0x0f},       // announces 4 GiB
+		{0x02, 0x08, 0x02},                   // a HopMessage STATUS, no StopMessage: EOF
+	} {
+		s, err := a.node.Host().NewStream(ctxT(t, 10*time.Second), b.id, ProtocolID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = s.Write(payload)
+		_ = s.CloseWrite()
+		rd := util.NewDelimitedReader(s, maxMessage)
+		var resp pbv2.HopMessage
+		err = rd.ReadMsg(&resp)
+		rd.Close()
+		if err != nil || resp.GetStatus() != pbv2.Status_MALFORMED_MESSAGE {
+			t.Fatalf("payload %d: answer %v, %v; want MALFORMED_MESSAGE", i, resp.GetStatus(), err)
+		}
+		_ = s.Close()
+	}
+	if got := counter(t, b, "circuits", exit, "malformed"); got != 3 {
+		t.Fatalf("B exit malformed = %v, want 3", got)
+	}
+
+	// A target without the STOP protocol (no relay transport).
+	deaf, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay(), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deaf.Close() })
+	reserveAt(t, deaf, b)
+	loc.set(deaf.ID(), b.id)
+	start := time.Now()
+	resp, _ := hopConnect(t, newClient(t), a, deaf.ID())
+	if resp.GetStatus() != pbv2.Status_CONNECTION_FAILED || time.Since(start) > 5*time.Second {
+		t.Fatalf("target without STOP: %v after %v, want CONNECTION_FAILED at once", resp.GetStatus(), time.Since(start))
+	}
+	if got := counter(t, b, "circuits", exit, "failed"); got != 1 {
+		t.Fatalf("B exit failed = %v, want 1", got)
+	}
+	eventually(t, "slots given back", func() bool {
+		return a.node.Circuits() == 0 && b.node.Circuits() == 0 && counted(a.mesh) == 0 && counted(b.mesh) == 0
+	})
+}
+
+// counted is the number of peers with mesh circuits counted against them.
+func counted(m *Mesh) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.counts)
+}
