@@ -68,7 +68,7 @@ type Relay struct {
 	ListenAddrs            MultiaddrList `envconfig:"DUSK_RELAY_LISTEN_ADDRS" desc:"comma list of listen multiaddrs; overrides DUSK_RELAY_PORT (e.g. /ip4/127.0.0.1/tcp/4001)"`
 	ExternalAddrs          MultiaddrList `envconfig:"DUSK_RELAY_EXTERNAL_ADDR" desc:"comma list of multiaddrs to announce (e.g. /dns4/relay.example.org/tcp/4001)"`
 	MaxConns               int           `envconfig:"DUSK_MAX_CONNECTIONS" default:"10000" desc:"max established connections"`
-	PeerRelays             MultiaddrList `envconfig:"DUSK_PEER_RELAYS" desc:"comma list of peer-relay multiaddrs (with /p2p/) for federation"`
+	PeerRelays             MultiaddrList `envconfig:"DUSK_PEER_RELAYS" desc:"comma list of the cluster's other relays (multiaddrs with /p2p/): federation, and the circuit mesh with DUSK_REDIS_URL; every relay lists every other"`
 	GossipClientTopics     TopicList     `envconfig:"DUSK_GOSSIP_CLIENT_TOPICS" default:"dusk/directory,dusk/sync" desc:"comma list of client gossipsub topics the relay subscribes and forwards (empty or off: none)"`
 	GossipClientBPS        int64         `envconfig:"DUSK_GOSSIP_CLIENT_BYTES_PER_SEC" default:"262144" desc:"client-topic bytes/s forwarded per sender address (IPv4 /32, IPv6 /56), 32 s burst; excess not forwarded (0: no limit)"`
 	MaxConnsPerIP          int           `envconfig:"DUSK_MAX_CONNECTIONS_PER_IP" default:"64" desc:"max libp2p connections per IPv4 address or IPv6 /56 (4x that per /48); 127.0.0.1 and ::1 are exempt"`
