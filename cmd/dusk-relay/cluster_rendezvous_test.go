@@ -310,3 +310,113 @@ func eventuallyT(t *testing.T, what string, within time.Duration, cond func() bo
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// startRedisClusterNodes starts three cluster-enabled redis-servers of
+// this test's own and joins them into one Redis Cluster; it returns their
+// addresses.
+func startRedisClusterNodes(t *testing.T) []string {
+	t.Helper()
+	server, err1 := exec.LookPath("redis-server")
+	cli, err2 := exec.LookPath("redis-cli")
+	if err1 != nil || err2 != nil {
+		msg := "redis-server/redis-cli not installed (apt-get install redis-server)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	var addrs []string
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+		dir := t.TempDir()
+		cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
+			"--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", dir+"/nodes.conf", "--dir", dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		for i := 0; c.Ping(context.Background()).Err() != nil; i++ {
+			if i > 100 {
+				t.Fatalf("node %s does not answer", addr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = c.Close()
+		addrs = append(addrs, addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	if out, err := exec.Command(cli, append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer cc.Close()
+	eventuallyT(t, "cluster_state:ok", 10*time.Second, func() bool {
+		info, err := cc.ClusterInfo(context.Background()).Result()
+		return err == nil && strings.Contains(info, "cluster_state:ok")
+	})
+	return addrs
+}
+
+// TestClusterRendezvousOnRedisCluster: DUSK_REDIS_URL naming a Redis
+// Cluster (seed nodes in ?addr=): two relays share registrations and
+// cookies across the shards, and reservation records land there too.
+func TestClusterRendezvousOnRedisCluster(t *testing.T) {
+	nodes := startRedisClusterNodes(t)
+	url := "redis://" + nodes[0] + "?addr=" + nodes[1] + "&addr=" + nodes[2]
+	start := func() *daemon {
+		return startDaemon(t, append(testEnv(t.TempDir()), "DUSK_REDIS_URL="+url))
+	}
+	a, b := start(), start()
+	asker := newClient(t)
+	connectTo(t, asker, a)
+	connectTo(t, asker, b)
+	var want []peer.ID
+	for i := range 4 {
+		c := newClient(t)
+		d := []*daemon{a, b}[i%2]
+		connectTo(t, c, d)
+		for _, ns := range []string{"dusk/peers", "dusk/community/com_00000000000000" + fmt.Sprintf("%02d", i)} {
+			r, err := rdvCall(ctx10(t), c, d.peerID, rdvRegister(ns, sealOwnRecord(t, c)))
+			if err != nil || r.GetRegisterResponse().GetStatus() != pb.Message_OK {
+				t.Fatalf("register %d %s: %v %v", i, ns, r, err)
+			}
+		}
+		want = append(want, c.ID())
+	}
+	r, err := rdvCall(ctx10(t), asker, b.peerID, rdvDiscoverPage("dusk/peers", 3, nil))
+	if err != nil || r.GetDiscoverResponse().GetStatus() != pb.Message_OK {
+		t.Fatalf("discover at B: %v %v", r, err)
+	}
+	got := registeredPeers(t, r.GetDiscoverResponse().GetRegistrations())
+	r, err = rdvCall(ctx10(t), asker, a.peerID, rdvDiscoverPage("dusk/peers", 3, r.GetDiscoverResponse().GetCookie()))
+	if err != nil || r.GetDiscoverResponse().GetStatus() != pb.Message_OK {
+		t.Fatalf("discover at A with B's cookie: %v %v", r, err)
+	}
+	got = append(got, registeredPeers(t, r.GetDiscoverResponse().GetRegistrations())...)
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged across relays: %v, want %v", got, want)
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: nodes})
+	defer cc.Close()
+	rc := newClient(t)
+	connectTo(t, rc, b)
+	if _, err := client.Reserve(ctx10(t), rc, peer.AddrInfo{ID: b.peerID, Addrs: b.addrs}); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyT(t, "reservation record on the cluster", 10*time.Second, func() bool {
+		recs, err := reservations.Lookup(context.Background(), cc, "dusk:", rc.ID())
+		return err == nil && len(recs) == 1 && recs[0].Relay == b.peerID
+	})
+	if code, body := readyz(t, a); code != 200 || !strings.Contains(a.logs(), `"rendezvous":"redis"`) {
+		t.Fatalf("/readyz %d %s", code, body)
+	}
+}
