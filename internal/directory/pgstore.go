@@ -176,8 +176,12 @@ func (s *PGStore) ensureSchema(ctx context.Context) error {
 	if s.schemaOK.Load() {
 		return nil
 	}
+	var ctype string
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(pgSchemaLock)); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `SELECT datctype FROM pg_database WHERE datname = current_database()`).Scan(&ctype); err != nil {
 			return err
 		}
 		for _, stmt := range pgSchema {
@@ -190,8 +194,19 @@ func (s *PGStore) ensureSchema(ctx context.Context) error {
 	if err != nil {
 		return s.classify("migrate", err)
 	}
+	if !utf8Ctype(ctype) {
+		s.log.Warn("directory: the database's LC_CTYPE is not UTF-8: searches for non-ASCII names cannot use the trigram index and read the whole table (create the database with LC_CTYPE 'C.UTF-8')",
+			zap.String("lc_ctype", ctype))
+	}
 	s.schemaOK.Store(true)
 	return nil
+}
+
+// utf8Ctype reports whether a database ctype classifies non-ASCII
+// letters (C.UTF-8, en_US.utf8, ...); C and POSIX do not.
+func utf8Ctype(ctype string) bool {
+	c := strings.ToLower(ctype)
+	return strings.Contains(c, "utf8") || strings.Contains(c, "utf-8")
 }
 
 func firstLine(s string) string {

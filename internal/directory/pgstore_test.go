@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/duskchat/dusk-relay/internal/config"
 	"github.com/duskchat/dusk-relay/internal/testutil"
@@ -780,6 +781,49 @@ func TestPGSearchPlans(t *testing.T) {
 		rs.Close()
 		if p := strings.Join(plan, "\n"); !strings.Contains(p, "peer_profiles_name_key_trgm") || strings.Contains(p, "Seq Scan") {
 			t.Fatalf("%q: plan without the trigram index:\n%s", q, p)
+		}
+	}
+}
+
+// A database with LC_CTYPE=C gives the same answers (non-ASCII patterns
+// just cannot use the index), and the relay says so once at start.
+func TestPGCtypeC(t *testing.T) {
+	u := testutil.PostgresURL(t)
+	admin, err := pgx.Connect(bg, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "dusk_test_c_" + fmt.Sprint(time.Now().UnixNano())
+	if _, err := admin.Exec(bg, `CREATE DATABASE `+name+` TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(bg, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`)
+		_ = admin.Close(bg)
+	})
+	cfg, err := pgx.ParseConfig(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cURL := strings.Replace(u, "/"+cfg.Database, "/"+name, 1)
+	core, logs := observer.New(zap.WarnLevel)
+	s, err := OpenPG(bg, cURL, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	if logs.FilterMessageSnippet("LC_CTYPE").Len() != 1 {
+		t.Fatalf("no ctype warning: %v", logs.All())
+	}
+	lite := openStore(t)
+	for i, n := range []string{"Zoë 🦀 日本語", "ZOË", "Émile", "émile", "日本", "a_b%"} {
+		reg(t, s, fmt.Sprint("p", i), n, "", 1_700_000_000+int64(i))
+		reg(t, lite, fmt.Sprint("p", i), n, "", 1_700_000_000+int64(i))
+	}
+	s.recentRows = 0 // the trigram branch
+	for _, q := range []string{"zoë", "ZOË", "日本", "日本語", "émile", "mile", "🦀 日", "a_b", "_b%"} {
+		if a, b := search(t, lite, q), search(t, s, q); !reflect.DeepEqual(a, b) {
+			t.Fatalf("%q: sqlite %q, postgres (C ctype) %q", q, names(a), names(b))
 		}
 	}
 }
