@@ -96,7 +96,7 @@ type Rendezvous struct {
 	DiscoverAll     bool  `envconfig:"DUSK_RENDEZVOUS_DISCOVER_ALL" default:"false" desc:"rendezvous: answer discover requests without a namespace (every registration to anyone; Dusk clients never need it)"`
 	// RedisURL puts the rendezvous registrations and the reservation
 	// records in Redis, shared by the relays of a cluster.
-	RedisURL string `envconfig:"DUSK_REDIS_URL" desc:"rendezvous registrations and reservation records in Redis, shared by a cluster's relays: redis://[user:password@]host:6379[/db] or rediss:// (unset: in memory)"`
+	RedisURL string `envconfig:"DUSK_REDIS_URL" desc:"rendezvous registrations and reservation records in Redis, shared by a cluster's relays: redis://[user:password@]host:6379[/db] or rediss://; a Redis Cluster: redis://host1:6379?addr=host2:6379 (unset: in memory)"`
 }
 
 // minTURNBPS is the smallest DUSK_TURN_MAX_BPS accepted: an Opus voice

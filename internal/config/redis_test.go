@@ -16,6 +16,7 @@ func TestRedisURL(t *testing.T) {
 		{"", true, "memory"},
 		{"redis://:" + pw + "@cache.example:6379/2", true, "redis"},
 		{"rediss://dusk:" + pw + "@10.0.0.5", true, "redis"},
+		{"redis://:" + pw + "@n1:6379?addr=n2:6379&addr=n3:6379", true, "redis"},
 		{"postgres://dusk:" + pw + "@db/dusk", false, ""},
 		{"redis:///0", false, ""},
 		{"dusk:" + pw + "@cache:6379", false, ""},
