@@ -30,7 +30,7 @@ var ErrUnavailable = errors.New("directory: database unavailable")
 // Search mirrors Store's rules exactly:
 //   - ASCII-only case folding (SQLite's LIKE): name_fold is display_name
 //     with A-Z mapped to a-z, a generated column; queries are folded the
-//     same way in Go and matched case-sensitively against it;
+//     same way and matched case-sensitively against it;
 //   - '%', '_' and '\' are literal (escaped for LIKE; strpos needs none);
 //   - order: last_seen descending, then most recent write first (seq, from
 //     a sequence on every upsert, plays the role of Store's rowid
@@ -418,13 +418,9 @@ const pgProfileCols = `peer_id, display_name, last_seen, relay_addr`
 
 // The search statements. The name match and the exact peer-ID match are
 // separate branches of one statement (one snapshot, one round trip), so
-// each branch can use its own index: an OR would force one plan for both.
-// The name branch states its own ORDER BY/LIMIT so the planner may walk
-// the last_seen index and stop at the 20th match (common pattern) or read
-// the trigram index and sort the few matches (rare pattern); with custom
-// plans it chooses per pattern.
-// Index path. Two name branches in one statement (one snapshot, one
-// round trip): "recent" filters the newest recentRows profiles, walking
+// each branch uses its own index: an OR would force one plan for both.
+//
+// Index path (3+ characters). Two name branches: "recent" filters the newest recentRows profiles, walking
 // the last_seen index; when it finds SearchLimit matches they are the
 // answer (no older row can rank before them) and the second branch is
 // skipped by its one-time condition. Otherwise the second branch looks
