@@ -28,7 +28,8 @@ import (
 	"github.com/duskchat/dusk-relay/internal/turncreds"
 )
 
-// ShutdownTimeout bounds the whole stop sequence (SPEC §9: exit within 5 s).
+// ShutdownTimeout bounds the whole stop sequence: the process exits within
+// 5 s of SIGTERM (orchestrators kill after their grace period).
 const ShutdownTimeout = 4 * time.Second
 
 // stopper is one started capability, stopped in reverse start order.
@@ -149,7 +150,8 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		turncreds.New(credCfg, secret, log.Named("turncreds"), reg).Attach(ctx, h)
 	} else {
 		log.Info("TURN server disabled (DUSK_TURN_ENABLED=false)")
-		// Still registered: requests are closed without an answer (SPEC §6)
+		// Still registered: requests are closed without an answer
+		// (docs/PROTOCOLS.md, turn-credentials)
 		// instead of failing as "protocol not supported".
 		turncreds.New(cfg.TURN, nil, log.Named("turncreds"), reg).Attach(ctx, h)
 	}
