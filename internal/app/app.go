@@ -150,9 +150,9 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 		turncreds.New(credCfg, secret, log.Named("turncreds"), reg).Attach(ctx, h)
 	} else {
 		log.Info("TURN server disabled (DUSK_TURN_ENABLED=false)")
-		// Still registered: requests are closed without an answer
-		// (docs/PROTOCOLS.md, turn-credentials)
-		// instead of failing as "protocol not supported".
+		// Still registered: requests are closed without an answer instead
+		// of failing as "protocol not supported" (docs/PROTOCOLS.md,
+		// turn-credentials).
 		turncreds.New(cfg.TURN, nil, log.Named("turncreds"), reg).Attach(ctx, h)
 	}
 
