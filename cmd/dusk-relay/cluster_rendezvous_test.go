@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -418,5 +420,142 @@ func TestClusterRendezvousOnRedisCluster(t *testing.T) {
 	})
 	if code, body := readyz(t, a); code != 200 || !strings.Contains(a.logs(), `"rendezvous":"redis"`) {
 		t.Fatalf("/readyz %d %s", code, body)
+	}
+}
+
+// TestClusterRendezvousFreeIdentities: the free-identities flood against
+// two relays sharing one Redis, each identity sending to A or B in turn:
+// 48 identities from 8 addresses register 4 KiB records under 40
+// namespaces each, twice the cluster's budget. The budgets are counted
+// across the cluster: no address holds more than its budget in total, the
+// whole stays within the global budget, a client registered before keeps
+// its registrations, and a newcomer from another address registers at A
+// at once and is discovered at B.
+func TestClusterRendezvousFreeIdentities(t *testing.T) {
+	const (
+		global  = 1 << 20
+		perAddr = 256 << 10
+		perPeer = 64 << 10
+	)
+	rs := startPrivateRedis(t, "pw")
+	start := func() *daemon {
+		return startDaemon(t, append(testEnv(t.TempDir()), "DUSK_REDIS_URL="+rs.url(),
+			fmt.Sprintf("DUSK_RENDEZVOUS_MAX_BYTES=%d", global),
+			fmt.Sprintf("DUSK_RENDEZVOUS_MAX_BYTES_PER_ADDR=%d", perAddr),
+			fmt.Sprintf("DUSK_RENDEZVOUS_MAX_BYTES_PER_PEER=%d", perPeer)))
+	}
+	a, b := start(), start()
+	relays := []*daemon{a, b}
+
+	early := newClient(t)
+	connectTo(t, early, b)
+	earlyRec := sealOwnRecord(t, early)
+	earlyNS := []string{"dusk/peers", "dusk/peer/" + early.ID().String(), "dusk/community/com_0123456789abcdef"}
+	for _, ns := range earlyNS {
+		if r, err := rdvCall(ctx10(t), early, b.peerID, rdvRegister(ns, earlyRec)); err != nil || r.GetRegisterResponse().GetStatus() != pb.Message_OK {
+			t.Fatalf("early client: register %s: %v %v", ns, r, err)
+		}
+	}
+
+	const (
+		addrs      = 8
+		idsPerAddr = 6
+		nsPerID    = 40
+		prefix     = "flood/"
+	)
+	addrOf := map[peer.ID]string{}
+	var wg sync.WaitGroup
+	var okN, refusedN, errN atomic.Int64
+	for ai := range addrs {
+		ip := fmt.Sprintf("127.0.0.%d", ai+2)
+		ids := make([]host.Host, idsPerAddr)
+		recs := make([][]byte, idsPerAddr)
+		for i := range ids {
+			ids[i] = rdvClientFrom(t, ip)
+			recs[i] = sealBigRecord(t, ids[i], 4000)
+			addrOf[ids[i].ID()] = ip
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, c := range ids {
+				d := relays[(ai+i)%2]
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := c.Connect(ctx, peer.AddrInfo{ID: d.peerID, Addrs: d.addrs})
+				cancel()
+				if err != nil {
+					errN.Add(1)
+					continue
+				}
+				for k := range nsPerID {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					r, err := rdvCall(ctx, c, d.peerID, rdvRegister(fmt.Sprintf("%s%02d", prefix, k), recs[i]))
+					cancel()
+					switch {
+					case err != nil:
+						errN.Add(1)
+					case r.GetRegisterResponse().GetStatus() == pb.Message_OK:
+						okN.Add(1)
+					default:
+						refusedN.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("flood through two relays: %d OK, %d refused, %d errors", okN.Load(), refusedN.Load(), errN.Load())
+	if errN.Load() != 0 {
+		t.Errorf("%d stream errors during the flood", errN.Load())
+	}
+	observer := newClient(t)
+	connectTo(t, observer, a)
+	heldBy := map[string]int{}
+	heldTotal := 0
+	for k := range nsPerID {
+		for p, n := range rdvHeld(t, observer, a, fmt.Sprintf("%s%02d", prefix, k)) {
+			heldBy[addrOf[p]] += n
+			heldTotal += n
+		}
+	}
+	const perReg = 4000 + len(prefix) + 2 + 256
+	t.Logf("held after the flood: %d registrations (~%d KiB) %v", heldTotal, heldTotal*perReg>>10, heldBy)
+	for ip, n := range heldBy {
+		if n*perReg > perAddr+4096 || ip == "" {
+			t.Errorf("source %q holds %d registrations (~%d KiB) across the relays > its budget of %d KiB", ip, n, n*perReg>>10, perAddr>>10)
+		}
+	}
+	if heldTotal*perReg > global || heldTotal == 0 {
+		t.Errorf("the flood holds ~%d KiB; global budget %d KiB", heldTotal*perReg>>10, global>>10)
+	}
+	for _, ns := range earlyNS {
+		if got := rdvHeld(t, observer, a, ns)[early.ID()]; got != 1 {
+			t.Errorf("early client's registration under %s gone after the flood", ns)
+		}
+	}
+	late := rdvClientFrom(t, "127.0.0.50")
+	connectTo(t, late, a)
+	lateRec := sealOwnRecord(t, late)
+	for _, ns := range []string{"dusk/peers", "dusk/community/com_0123456789abcdef"} {
+		r, err := rdvCall(ctx10(t), late, a.peerID, rdvRegister(ns, lateRec))
+		if err != nil || r.GetRegisterResponse().GetStatus() != pb.Message_OK {
+			t.Fatalf("newcomer after the flood: register %s at A: %v %v", ns, r, err)
+		}
+	}
+	connectTo(t, observer, b)
+	if held := rdvHeld(t, observer, b, "dusk/community/com_0123456789abcdef"); held[late.ID()] != 1 || held[early.ID()] != 1 {
+		t.Fatalf("discover at B: %v, want both honest clients", held)
+	}
+	evicted := false
+	for _, d := range relays {
+		evicted = evicted || d.hasLog(`"msg":"registration evicted"`)
+		for _, name := range []string{"rendezvous", "reservations", "redis"} {
+			if lv := d.logLevels(name); lv["info"]+lv["warn"]+lv["error"] > 0 {
+				t.Errorf("%s logged %v during the flood; want debug only", name, lv)
+			}
+		}
+	}
+	if !evicted {
+		t.Error("no eviction logged; the flood should have filled the cluster's budget")
 	}
 }
