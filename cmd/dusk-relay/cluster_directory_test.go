@@ -253,3 +253,10 @@ func TestImportDirectoryCommand(t *testing.T) {
 		t.Fatalf("missing file: %d %s", code, errb.String())
 	}
 }
+
+func TestHelpNamesImportDirectory(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "dusk-relay import-directory <directory.sqlite3>") {
+		t.Fatalf("--help: %d\n%s", code, out.String())
+	}
+}

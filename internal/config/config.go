@@ -439,6 +439,9 @@ func PrintHelp(w io.Writer) error {
 Usage:
   dusk-relay               run the relay
   dusk-relay healthcheck   exit 0 if /readyz answers OK on DUSK_METRICS_ADDR
+  dusk-relay import-directory <directory.sqlite3>
+                           copy a relay's directory file into the PostgreSQL
+                           directory of DUSK_DIRECTORY_URL (safe to repeat)
   dusk-relay --version     print the version
   dusk-relay --help        this text
 
