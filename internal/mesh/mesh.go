@@ -55,6 +55,13 @@ const (
 	requestTimeout = 5 * time.Second  // B reads A's request
 	stopTimeout    = 8 * time.Second  // B waits this long for X's STOP answer
 	writeTimeout   = 5 * time.Second  // any handshake write
+
+	// Record lookups in flight, in total and per initiator. They run
+	// before any circuit slot is taken; beyond these a CONNECT is answered
+	// as for a peer reserved nowhere, so a slow record store or a flood of
+	// CONNECTs for unknown peers cannot pile up waiting lookups.
+	maxLookups        = 64
+	maxLookupsPerPeer = 4
 )
 
 // Locator finds the relay holding a peer's live reservation (the cluster's
@@ -96,8 +103,10 @@ type Mesh struct {
 	log     *zap.Logger
 	m       *metrics
 
-	mu     sync.Mutex
-	counts map[peer.ID]int
+	mu      sync.Mutex
+	counts  map[peer.ID]int
+	lookups map[peer.ID]int // in flight per initiator; see maxLookups
+	looking int
 	live   map[network.Stream]struct{} // spliced streams, reset on Close
 	closed bool
 }
@@ -114,6 +123,7 @@ func New(h host.Host, local Local, loc Locator, cfg Config, log *zap.Logger, reg
 		perPeer: cfg.MaxCircuitsPerPeer,
 		m:       newMetrics(),
 		counts:  make(map[peer.ID]int),
+		lookups: make(map[peer.ID]int),
 		live:    make(map[network.Stream]struct{}),
 	}
 	for _, p := range cfg.Members {
@@ -161,9 +171,14 @@ func (m *Mesh) Forward(s network.Stream, src, dst peer.ID) (pbv2.Status, func(),
 	if m.loc == nil {
 		return pbv2.Status_UNUSED, nil, false
 	}
+	if !m.startLookup(src) {
+		m.m.circuit(entry, "busy")
+		return pbv2.Status_UNUSED, nil, false
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), locateTimeout)
 	at, ok, err := m.loc.Locate(ctx, dst)
 	cancel()
+	m.endLookup(src)
 	switch {
 	case err != nil:
 		// The relay answers NO_RESERVATION, as for a peer reserved nowhere.
@@ -186,12 +201,21 @@ func (m *Mesh) Forward(s network.Stream, src, dst peer.ID) (pbv2.Status, func(),
 	if m.h.Network().Connectedness(at) != network.Connected {
 		return refuse(pbv2.Status_CONNECTION_FAILED, "unreachable")
 	}
-	if !m.take(src, dst) {
+	release, ok := m.local.AcquireCircuit()
+	if !ok {
 		return refuse(pbv2.Status_RESOURCE_LIMIT_EXCEEDED, "limit")
+	}
+	if !m.take(src, dst) {
+		release()
+		return refuse(pbv2.Status_RESOURCE_LIMIT_EXCEEDED, "limit")
+	}
+	done := func() {
+		m.give(src, dst)
+		release()
 	}
 	ms, remote, st := m.open(at, src, dst)
 	if st != pbv2.Status_OK {
-		m.give(src, dst)
+		done()
 		result := "refused"
 		if ms == nil {
 			result = "unreachable"
@@ -201,15 +225,38 @@ func (m *Mesh) Forward(s network.Stream, src, dst peer.ID) (pbv2.Status, func(),
 	own := m.local.CircuitLimit()
 	if err := writeStatus(s, pbv2.Status_OK, minLimit(own, remote)); err != nil {
 		_ = ms.Reset()
-		m.give(src, dst)
+		done()
 		m.m.circuit(entry, "failed")
 		return pbv2.Status_CONNECTION_FAILED, nil, true
 	}
 	m.m.circuit(entry, "opened")
 	return pbv2.Status_OK, func() {
-		defer m.give(src, dst)
+		defer done()
 		m.splice(entry, s, ms, own)
 	}, true
+}
+
+// startLookup admits one record lookup for initiator src.
+func (m *Mesh) startLookup(src peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.looking >= maxLookups || m.lookups[src] >= maxLookupsPerPeer {
+		return false
+	}
+	m.looking++
+	m.lookups[src]++
+	return true
+}
+
+func (m *Mesh) endLookup(src peer.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.looking--
+	if c := m.lookups[src] - 1; c > 0 {
+		m.lookups[src] = c
+	} else {
+		delete(m.lookups, src)
+	}
 }
 
 // open asks member relay at to connect src to dst. It returns the mesh

@@ -41,12 +41,20 @@ const echoProto = "/dusk/test/echo/1.0.0"
 // memLocator is the reservation records kept in memory (the cluster uses
 // Redis; the daemon tests cover that).
 type memLocator struct {
-	mu  sync.Mutex
-	at  map[peer.ID]peer.ID
-	err error
+	mu   sync.Mutex
+	at   map[peer.ID]peer.ID
+	err  error
+	hang chan struct{} // non-nil: lookups wait for it or their deadline (a slow store)
 }
 
-func (l *memLocator) Locate(_ context.Context, p peer.ID) (peer.ID, bool, error) {
+func (l *memLocator) Locate(ctx context.Context, p peer.ID) (peer.ID, bool, error) {
+	if l.hang != nil {
+		select {
+		case <-l.hang:
+		case <-ctx.Done():
+			return "", false, ctx.Err()
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
@@ -603,4 +611,108 @@ func counted(m *Mesh) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.counts)
+}
+
+func looking(m *Mesh) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.looking
+}
+
+// rawConnect is hopConnect for goroutines: errors are returned.
+func rawConnect(c host.Host, r *relay, dst peer.ID) (pbv2.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx, r.info()); err != nil {
+		return 0, err
+	}
+	s, err := c.NewStream(ctx, r.id, cproto.ProtoIDv2Hop)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Reset()
+	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+	req := pbv2.HopMessage{Type: pbv2.HopMessage_CONNECT.Enum(), Peer: &pbv2.Peer{Id: []byte(dst)}}
+	if err := util.NewDelimitedWriter(s).WriteMsg(&req); err != nil {
+		return 0, err
+	}
+	rd := util.NewDelimitedReader(s, maxMessage)
+	defer rd.Close()
+	var resp pbv2.HopMessage
+	if err := rd.ReadMsg(&resp); err != nil {
+		return 0, err
+	}
+	return resp.GetStatus(), nil
+}
+
+// A slow record store (lookups that take their whole 2 s) and 80 CONNECTs
+// for unknown peers from 20 identities: the lookups hold no circuit slot
+// (16 here), so an honest client's circuit to a peer reserved at A opens
+// meanwhile (before, every slot was held by a waiting lookup and it got
+// RESOURCE_LIMIT_EXCEEDED); lookups beyond 64 in flight, or 4 per
+// initiator, are answered NO_RESERVATION at once and counted as busy.
+func TestMeshSlowLookupsHoldNoSlots(t *testing.T) {
+	loc := &memLocator{at: map[peer.ID]peer.ID{}, hang: make(chan struct{})}
+	rs := cluster(t, 2, loc, nil, nil)
+	a := rs[0]
+	local := newClient(t)
+	local.SetStreamHandler(echoProto, echoHandler(nil))
+	reserveAt(t, local, a)
+
+	const attackers, each = 20, 4
+	type answer struct {
+		st  pbv2.Status
+		err error
+	}
+	answers := make(chan answer, attackers*each)
+	var wg sync.WaitGroup
+	for range attackers {
+		c := newClient(t)
+		for range each {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, err := rawConnect(c, a, newPeerID(t))
+				answers <- answer{st, err}
+			}()
+		}
+	}
+	eventually(t, "64 lookups in flight", func() bool { return looking(a.mesh) == maxLookups })
+
+	honest := newClient(t)
+	if err := honest.Connect(ctxT(t, 10*time.Second), a.info()); err != nil {
+		t.Fatal(err)
+	}
+	ai := peer.AddrInfo{ID: local.ID(), Addrs: []ma.Multiaddr{a.circuitTo(local.ID())}}
+	if err := honest.Connect(ctxT(t, 10*time.Second), ai); err != nil {
+		t.Fatalf("honest circuit while lookups wait: %v", err)
+	}
+	roundTrip(t, honest, local.ID(), []byte("served"))
+	if looking(a.mesh) != maxLookups {
+		t.Fatalf("lookups in flight = %d while the honest circuit opened, want %d still waiting", looking(a.mesh), maxLookups)
+	}
+
+	wg.Wait()
+	close(answers)
+	for ans := range answers {
+		if ans.err != nil || ans.st != pbv2.Status_NO_RESERVATION {
+			t.Fatalf("attacker CONNECT: %v, %v; want NO_RESERVATION", ans.st, ans.err)
+		}
+	}
+	if busy, failed := counter(t, a, "circuits", entry, "busy"), counter(t, a, "circuits", entry, "locate_error"); busy != attackers*each-maxLookups || failed != maxLookups {
+		t.Fatalf("busy %v, locate_error %v; want %d and %d", busy, failed, attackers*each-maxLookups, maxLookups)
+	}
+}
+
+func newPeerID(t testing.TB) peer.ID {
+	t.Helper()
+	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

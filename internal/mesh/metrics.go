@@ -24,7 +24,7 @@ func newMetrics() *metrics {
 		circuits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dusk", Subsystem: "mesh", Name: "circuits_total",
 			Help: "Mesh circuit requests by side (entry: CONNECT taken here, exit: target reserved here) and result " +
-				"(opened, unreachable, refused, limit, no_reservation, failed, malformed, locate_error, not_member).",
+				"(opened, unreachable, refused, limit, no_reservation, failed, malformed, locate_error, busy, not_member).",
 		}, []string{"side", "result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dusk", Subsystem: "mesh", Name: "bytes_total",

@@ -18,7 +18,8 @@ type Forwarder interface {
 	// reservation here. handled is false when no other relay can reach dst:
 	// s is untouched and the relay answers as usual (NO_RESERVATION).
 	// Otherwise Forward has answered s with a hop STATUS st; when st is
-	// OK, splice relays the circuit and returns when it has ended.
+	// OK, splice relays the circuit and returns when it has ended. Forward
+	// takes its circuit slot itself (AcquireCircuit) and gives it back.
 	Forward(s network.Stream, src, dst peer.ID) (st pbv2.Status, splice func(), handled bool)
 }
 
@@ -51,8 +52,7 @@ func (n *Node) CircuitLimit() *pbv2.Limit {
 }
 
 // forward offers a CONNECT for a peer not reserved here to the forwarder.
-// It returns false when the relay service should answer instead. The
-// caller holds a circuit slot; forward gives it back when it handled s.
+// It returns false when the relay service should answer instead.
 func (n *Node) forward(s network.Stream, src, dst peer.ID) bool {
 	if n.fwd == nil || n.HasReservation(dst) {
 		return false
@@ -67,7 +67,6 @@ func (n *Node) forward(s network.Stream, src, dst peer.ID) bool {
 	}
 	n.tr.ConnectionRequestHandled(st)
 	if st != pbv2.Status_OK || splice == nil {
-		n.circuits.Add(-1)
 		n.m.circuitReqs.WithLabelValues("refused").Inc()
 		n.log.Debug("circuit refused", zap.Stringer("src", src), zap.Stringer("dst", dst),
 			zap.Stringer("status", st), zap.Bool("mesh", true))
@@ -78,7 +77,7 @@ func (n *Node) forward(s network.Stream, src, dst peer.ID) bool {
 		zap.Int64("circuits", n.circuits.Load()), zap.Int64("connections", n.conns.Load()))
 	opened := time.Now()
 	splice()
-	total := n.circuits.Add(-1)
+	total := n.circuits.Load()
 	if ce := n.log.Check(zap.DebugLevel, "circuit closed"); ce != nil {
 		ce.Write(zap.Stringer("src", src), zap.Stringer("dst", dst), zap.Bool("mesh", true),
 			zap.Duration("duration", time.Since(opened).Round(time.Millisecond)), zap.Int64("circuits", total))

@@ -79,15 +79,17 @@ func (n *Node) handleHop(s network.Stream, inner network.StreamHandler) {
 			return
 		}
 		hs.dst, hs.connect = dst, true
+		// Before the slot: the forwarder takes one only once it knows
+		// another relay holds dst, so lookups never hold circuit slots.
+		if n.forward(s, src, dst) { // reserved at another relay of the cluster
+			return
+		}
 		if !n.acquireCircuit() {
 			n.m.circuitReqs.WithLabelValues("refused").Inc()
 			n.log.Debug("circuit refused: relay at its circuit limit", zap.Stringer("src", src), zap.Stringer("dst", dst),
 				zap.Int("max_circuits", n.cfg.MaxCircuits))
 			refuse(s, pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
 			n.tr.ConnectionRequestHandled(pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
-			return
-		}
-		if n.forward(s, src, dst) { // reserved at another relay of the cluster
 			return
 		}
 		inner(hs)
