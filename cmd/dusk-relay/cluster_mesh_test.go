@@ -291,7 +291,7 @@ func TestClusterMesh(t *testing.T) {
 	if code, body := readyz(t, a); code != http.StatusOK {
 		t.Fatalf("/readyz at A with a member down = %d %s", code, body)
 	}
-	// A and C still relay between their own clients.
+	// A and C still relay between their clients.
 	x := meshClient(t)
 	x.SetStreamHandler(meshEchoProto, func(s network.Stream) { defer s.Close(); _, _ = io.Copy(s, s) })
 	connectTo(t, x, c)
@@ -302,6 +302,15 @@ func TestClusterMesh(t *testing.T) {
 		recs, err := reservations.Lookup(context.Background(), rdb, "dusk:", x.ID())
 		return err == nil && len(recs) == 1
 	})
+	// A stale record at the dead B that outlives C's (as when x moved to
+	// C after B died and B's TTL was longer): A picks the live relay.
+	stale := fmt.Sprintf("%d %s", time.Now().Add(2*time.Hour).UnixMilli(), b.addrs[0])
+	if err := rdb.HSet(context.Background(), "dusk:rsv{"+x.ID().String()+"}", b.peerID.String(), stale).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := reservations.Lookup(context.Background(), rdb, "dusk:", x.ID()); err != nil || len(recs) != 2 || recs[0].Relay != b.peerID {
+		t.Fatalf("records %v, %v: want B's stale one first", recs, err)
+	}
 	y := meshClient(t)
 	connectTo(t, y, a)
 	if err := y.Connect(ctx10(t), peer.AddrInfo{ID: x.ID(), Addrs: []ma.Multiaddr{viaRelay(a, x.ID())}}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -16,8 +17,9 @@ import (
 
 // recordLocator finds a peer's relay in the cluster's reservation records.
 type recordLocator struct {
-	rec  *reservations.Recorder
-	self peer.ID
+	rec       *reservations.Recorder
+	self      peer.ID
+	connected func(peer.ID) bool
 }
 
 func (l recordLocator) Locate(ctx context.Context, p peer.ID) (peer.ID, bool, error) {
@@ -26,13 +28,22 @@ func (l recordLocator) Locate(ctx context.Context, p peer.ID) (peer.ID, bool, er
 		return "", false, err
 	}
 	// Latest expiry first; our own record is stale when the node asks (it
-	// asks only for peers not reserved here).
+	// asks only for peers not reserved here). A peer that moved after its
+	// relay died has a fresh record at a live relay and a stale one at the
+	// dead relay: prefer a relay we are connected to.
+	var first peer.ID
 	for _, r := range recs {
-		if r.Relay != l.self {
+		if r.Relay == l.self {
+			continue
+		}
+		if l.connected(r.Relay) {
 			return r.Relay, true, nil
 		}
+		if first == "" {
+			first = r.Relay
+		}
 	}
-	return "", false, nil
+	return first, first != "", nil
 }
 
 // startMesh joins the circuit mesh when the relay is part of a cluster
@@ -50,7 +61,9 @@ func startMesh(cfg *config.Config, node *p2p.Node, rec *reservations.Recorder, l
 	for _, ai := range infos {
 		members = append(members, ai.ID)
 	}
-	m, err := mesh.New(node.Host(), node, recordLocator{rec: rec, self: node.ID()},
+	nw := node.Host().Network()
+	connected := func(p peer.ID) bool { return nw.Connectedness(p) == network.Connected }
+	m, err := mesh.New(node.Host(), node, recordLocator{rec: rec, self: node.ID(), connected: connected},
 		mesh.Config{Members: members, MaxCircuitsPerPeer: cfg.MaxCircuitsPerPeer}, log, reg)
 	if err != nil {
 		return nil, err
