@@ -260,3 +260,46 @@ func TestHelpNamesImportDirectory(t *testing.T) {
 		t.Fatalf("--help: %d\n%s", code, out.String())
 	}
 }
+
+// TestClusterDirectoryEngineDownAtStart: a relay started while PostgreSQL
+// is unreachable starts anyway (relaying does not depend on it), reports
+// "directory (postgres)" on /readyz, and creates the schema and serves
+// the directory once the engine answers.
+func TestClusterDirectoryEngineDownAtStart(t *testing.T) {
+	dbURL := testutil.PostgresURL(t)
+	cfg, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port))
+	cut := newEngineCut(t, target)
+	viaCut := strings.Replace(dbURL, target, cut.addr, 1)
+	cut.down()
+	d := startDaemon(t, append(testEnv(t.TempDir()), "DUSK_DIRECTORY_URL="+viaCut))
+	if code, body := readyz(t, d); code != http.StatusServiceUnavailable || !strings.Contains(body, "directory (postgres)") {
+		t.Fatalf("/readyz with the engine down at start = %d %q", code, body)
+	}
+	c := newClient(t)
+	connectTo(t, c, d)
+	if r := dirCall(t, c, d, directory.Request{Kind: directory.RequestRegister, DisplayName: "Early"}); r.Kind != directory.ResponseError || r.Error != "internal error" {
+		t.Fatalf("register with the engine down: %#v", r)
+	}
+	cut.up(cut.addr)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := readyz(t, d)
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never recovered: %d %q", code, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r := dirCall(t, c, d, directory.Request{Kind: directory.RequestRegister, DisplayName: "Early"}); r.Kind != directory.ResponseOk {
+		t.Fatalf("register after the engine came up: %#v", r)
+	}
+	if r := dirCall(t, c, d, directory.Request{Kind: directory.RequestSearch, Query: "earl"}); r.Kind != directory.ResponseResults || len(r.Results) != 1 {
+		t.Fatalf("search after the engine came up: %#v", r)
+	}
+}
