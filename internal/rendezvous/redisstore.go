@@ -27,13 +27,16 @@ import (
 //	P rv{<ns tag>}:ctr  string, the namespace's id counter
 //
 // Ids come from the namespace's counter, so a cookie handed out by one
-// relay pages correctly at any other. Scores are doubles, so ids must stay
-// below 2^53: a new counter starts at the clock in microseconds (~2^51),
-// which also keeps ids growing after the counter expires with its
-// namespace. Redis 7.0 has no per-field expiry (HEXPIRE), so expired
-// members are dropped lazily by every script that touches the namespace,
-// and the keys themselves expire MaxTTL after the namespace's last
-// registration, when everything in them has expired.
+// relay pages correctly at any other. Each id is the larger of the last
+// one + 1 and Redis's clock in microseconds (~2^51; scores are doubles,
+// exact below 2^53): ids follow the clock, so the counter can be deleted
+// when its namespace empties (nothing is left behind per namespace, which
+// an attacker cycling through fresh namespaces would otherwise pile up)
+// and a new one still continues above every id handed out before. Redis
+// 7.0 has no per-field expiry (HEXPIRE), so expired members are dropped by
+// every script that touches the namespace and by the sweep, and the keys
+// themselves expire MaxTTL after the namespace's last registration, when
+// everything in them has expired.
 //
 // The budgets (per peer, per source prefix, in total) live under one more
 // tag, P rv{b}:..., updated by one script per registration so that they
@@ -254,25 +257,30 @@ end
 return out
 `)
 
-// nsLib drops a namespace's expired members (KEYS: ids, exp, reg, ctr).
+// nsLib drops a namespace's members (KEYS: ids, exp, reg, ctr); the
+// counter goes with the last one.
 const nsLib = `
+local function nsremove(q)
+  redis.call('ZREM', KEYS[2], q)
+  redis.call('HDEL', KEYS[3], q)
+  local n = redis.call('ZREM', KEYS[1], q)
+  if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end
+  return n
+end
 local function nscleanup(now, limit)
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
-  for _, q in ipairs(gone) do
-    redis.call('ZREM', KEYS[1], q)
-    redis.call('ZREM', KEYS[2], q)
-    redis.call('HDEL', KEYS[3], q)
-  end
+  for _, q in ipairs(gone) do nsremove(q) end
 end
 `
 
 // nsAdd stores one registration. ARGV: peer, record, expiry, now,
-// first counter value, keyttl. Returns the id.
+// keyttl. Returns the id.
 var nsAdd = redis.NewScript(nsLib + `
-local p, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[6])
+local p, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 nscleanup(now, 64)
-if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], ARGV[5]) end
-local id = redis.call('INCR', KEYS[4])
+local t = redis.call('TIME')
+local id = math.max(tonumber(redis.call('GET', KEYS[4]) or '0') + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+redis.call('SET', KEYS[4], string.format('%d', id))
 redis.call('ZADD', KEYS[1], id, p)
 redis.call('ZADD', KEYS[2], ARGV[3], p)
 redis.call('HSET', KEYS[3], p, ARGV[2])
@@ -283,22 +291,15 @@ return id
 `)
 
 // nsDel removes peer ARGV[1]; returns how many were removed (0 or 1).
-var nsDel = redis.NewScript(`
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return redis.call('ZREM', KEYS[1], ARGV[1])
+var nsDel = redis.NewScript(nsLib + `
+return nsremove(ARGV[1])
 `)
 
 // nsExpire removes peer ARGV[1] if its registration expired at ARGV[2]
 // (a fresh re-registration stays).
-var nsExpire = redis.NewScript(`
+var nsExpire = redis.NewScript(nsLib + `
 local e = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if e and tonumber(e) <= tonumber(ARGV[2]) then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 1
-end
+if e and tonumber(e) <= tonumber(ARGV[2]) then return nsremove(ARGV[1]) end
 return 0
 `)
 
@@ -383,8 +384,7 @@ func (r *redisBackend) add(ctx context.Context, p peer.ID, src netip.Prefix, ns 
 	default:
 		return false, evicted, unavailable(fmt.Errorf("budget script: status %q", status))
 	}
-	first := now.UnixMicro()
-	if err := nsAdd.Run(ctx, r.rdb, r.nsKeys(tag), p.String(), record, ms(expires), ms(now), first, keyTTL).Err(); err != nil {
+	if err := nsAdd.Run(ctx, r.rdb, r.nsKeys(tag), p.String(), record, ms(expires), ms(now), keyTTL).Err(); err != nil {
 		// Undo the budget so a failed register does not hold it; if this
 		// fails too, the count expires with the registration's TTL.
 		_ = budgetDrop.Run(context.WithoutCancel(ctx), r.rdb, r.budgetKeys(), r.budgetBase(), ms(now), keyTTL, id).Err()

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -499,5 +500,41 @@ func TestRedisSweepCleansNamespaces(t *testing.T) {
 	}
 	if n := s.Registrations(); n != 3 {
 		t.Fatalf("Registrations %d, want 3", n)
+	}
+}
+
+// A namespace whose registrations are all gone leaves no key behind, not
+// even its counter: an attacker cycling register/unregister through fresh
+// namespaces costs Redis nothing once done. Ids keep growing across it.
+func TestRedisEmptyNamespaceLeavesNoKeys(t *testing.T) {
+	rdb, prefix := newTestRedis(t)
+	s := New(testCfg, zap.NewNop(), nil, WithRedis(rdb, prefix))
+	defer s.Close()
+	exp := time.Now().Add(3 * time.Hour)
+	var last uint64
+	for round := range 3 {
+		for i := range 50 {
+			mustAdd(t, s, pid(1), testSrc, fmt.Sprintf("cycle/%d", i), []byte("r"), exp)
+		}
+		hits, err := s.be.discover(bg, "cycle/7", 0, 10, 1<<20, time.Now())
+		if err != nil || len(hits) != 1 || hits[0].id <= last {
+			t.Fatalf("round %d: %+v %v (last id %d)", round, hits, err, last)
+		}
+		last = hits[0].id
+		if n, err := s.be.unregister(bg, pid(1), ""); n != 50 || err != nil {
+			t.Fatalf("unregister all: %d %v", n, err)
+		}
+		keys, err := rdb.Keys(bg, prefix+"rv{*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if !strings.HasPrefix(k, prefix+"rv{b}:") {
+				t.Fatalf("round %d: key %s left behind", round, k)
+			}
+		}
+		if n := s.StoredBytes(); n != 0 {
+			t.Fatalf("round %d: %d bytes still counted", round, n)
+		}
 	}
 }
