@@ -23,7 +23,7 @@ import (
 //
 //	P rv{<ns tag>}:ids  zset  peer -> id (the cookie order)
 //	P rv{<ns tag>}:exp  zset  peer -> expiry (ms)
-//	P rv{<ns tag>}:reg  hash  peer -> signed peer record
+//	P rv{<ns tag>}:reg  hash  peer -> "<expiry ms>:" then the signed peer record
 //	P rv{<ns tag>}:ctr  string, the namespace's id counter
 //
 // Ids come from the namespace's counter, so a cookie handed out by one
@@ -283,7 +283,7 @@ local id = math.max(tonumber(redis.call('GET', KEYS[4]) or '0') + 1, tonumber(t[
 redis.call('SET', KEYS[4], string.format('%d', id))
 redis.call('ZADD', KEYS[1], id, p)
 redis.call('ZADD', KEYS[2], ARGV[3], p)
-redis.call('HSET', KEYS[3], p, ARGV[2])
+redis.call('HSET', KEYS[3], p, ARGV[3] .. ':' .. ARGV[2])
 for _, k in ipairs(KEYS) do
   if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
 end
@@ -318,12 +318,18 @@ local out, n, size = {}, 0, 0
 for round = 1, 16 do
   local batch = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, limit - n)
   if #batch == 0 then break end
+  -- One read for the page: the expiry is stored with the record.
+  local peers = {}
+  for i = 1, #batch, 2 do table.insert(peers, batch[i]) end
+  local vals = redis.call('HMGET', KEYS[3], unpack(peers))
   for i = 1, #batch, 2 do
-    local p, id = batch[i], batch[i + 1]
+    local id = batch[i + 1]
     cursor = id
-    local exp = redis.call('ZSCORE', KEYS[2], p)
-    local rec = redis.call('HGET', KEYS[3], p)
-    if exp and rec and tonumber(exp) > now then
+    local v = vals[(i + 1) / 2]
+    local c = v and string.find(v, ':', 1, true)
+    local exp, rec = nil, nil
+    if c then exp, rec = string.sub(v, 1, c - 1), string.sub(v, c + 1) end
+    if exp and tonumber(exp) > now then
       local sz = nslen + #rec + 32
       if n > 0 and size + sz > maxBytes then return out end
       size = size + sz
