@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -19,6 +20,7 @@ import (
 	"github.com/duskchat/dusk-relay/internal/federation"
 	"github.com/duskchat/dusk-relay/internal/gif"
 	"github.com/duskchat/dusk-relay/internal/identity"
+	"github.com/duskchat/dusk-relay/internal/mesh"
 	"github.com/duskchat/dusk-relay/internal/metrics"
 	"github.com/duskchat/dusk-relay/internal/p2p"
 	"github.com/duskchat/dusk-relay/internal/rendezvous"
@@ -98,6 +100,9 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, stdout io.Wri
 	opts := p2p.Options{Version: version, PublicHost: cfg.PublicHost}
 	if !cfg.PublicIPGuessed {
 		opts.PublicIP = cfg.PublicIP
+	}
+	if meshEnabled(cfg) {
+		opts.ClusterProtocols = []protocol.ID{mesh.ProtocolID}
 	}
 	// Built without listening: Listen comes after every handler below.
 	node, err := p2p.New(ctx, cfg.Relay, opts, key, log.Named("p2p"), reg)

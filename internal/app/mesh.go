@@ -50,7 +50,7 @@ func (l recordLocator) Locate(ctx context.Context, p peer.ID) (peer.ID, bool, er
 // (DUSK_PEER_RELAYS) and can read the reservation records (DUSK_REDIS_URL);
 // otherwise it returns nil and CONNECTs go to the relay service alone.
 func startMesh(cfg *config.Config, node *p2p.Node, rec *reservations.Recorder, log *zap.Logger, reg prometheus.Registerer) (*mesh.Mesh, error) {
-	if len(cfg.PeerRelays) == 0 || rec == nil {
+	if !meshEnabled(cfg) || rec == nil {
 		return nil, nil
 	}
 	infos, err := peer.AddrInfosFromP2pAddrs(cfg.PeerRelays...)
@@ -73,3 +73,6 @@ func startMesh(cfg *config.Config, node *p2p.Node, rec *reservations.Recorder, l
 	log.Info("circuit mesh enabled", zap.String("protocol", string(mesh.ProtocolID)), zap.Int("members", len(members)))
 	return m, nil
 }
+
+// meshEnabled: the relay is part of a cluster and can read its records.
+func meshEnabled(cfg *config.Config) bool { return len(cfg.PeerRelays) > 0 && cfg.RedisURL != "" }

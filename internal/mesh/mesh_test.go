@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
 	cproto "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
@@ -114,17 +115,20 @@ func cluster(t testing.TB, n int, loc Locator, tune func(i int, c *config.Relay)
 		if tune != nil {
 			tune(i, &cfg)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		node, err := p2p.New(ctx, cfg, p2p.Options{Version: "test"}, r.key, nil, nil)
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
 		var members []peer.ID
 		for j, o := range rs {
 			if j != i && (member == nil || member(i, j)) {
 				members = append(members, o.id)
+				// Only the resource limits read it here (no federation).
+				cfg.PeerRelays = append(cfg.PeerRelays, ma.StringCast("/ip4/127.0.0.1/tcp/9/p2p/"+o.id.String()))
 			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		opts := p2p.Options{Version: "test", ClusterProtocols: []protocol.ID{ProtocolID}}
+		node, err := p2p.New(ctx, cfg, opts, r.key, nil, nil)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
 		}
 		m, err := New(node.Host(), node, loc, Config{Members: members, MaxCircuitsPerPeer: cfg.MaxCircuitsPerPeer}, nil, r.reg)
 		if err != nil {
@@ -715,4 +719,57 @@ func newPeerID(t testing.TB) peer.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// holdConnect sends a raw HOP CONNECT and leaves the circuit open.
+func holdConnect(t testing.TB, c host.Host, r *relay, dst peer.ID) pbv2.Status {
+	t.Helper()
+	s, err := c.NewStream(ctxT(t, 10*time.Second), r.id, cproto.ProtoIDv2Hop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Reset() })
+	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+	req := pbv2.HopMessage{Type: pbv2.HopMessage_CONNECT.Enum(), Peer: &pbv2.Peer{Id: []byte(dst)}}
+	if err := util.NewDelimitedWriter(s).WriteMsg(&req); err != nil {
+		t.Fatal(err)
+	}
+	rd := util.NewDelimitedReader(s, maxMessage)
+	defer rd.Close()
+	var resp pbv2.HopMessage
+	if err := rd.ReadMsg(&resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetStatus()
+}
+
+// With DUSK_RELAY_MAX_CIRCUITS raised, two relays hold that many mesh
+// circuits at once: 200 here (before, the 129th got CONNECTION_FAILED:
+// the resource manager's default cap of 128 streams of one protocol per
+// peer reset the mesh stream at B).
+func TestMeshManyCircuits(t *testing.T) {
+	loc := &memLocator{at: map[peer.ID]peer.ID{}}
+	rs := cluster(t, 2, loc, func(_ int, c *config.Relay) { c.MaxCircuits, c.MaxCircuitsPerPeer = 300, 300 }, nil)
+	a, b := rs[0], rs[1]
+	var targets []peer.ID
+	var inits []host.Host
+	for range 10 {
+		x := newClient(t)
+		reserveAt(t, x, b)
+		loc.set(x.ID(), b.id)
+		targets = append(targets, x.ID())
+		c := newClient(t)
+		if err := c.Connect(ctxT(t, 10*time.Second), a.info()); err != nil {
+			t.Fatal(err)
+		}
+		inits = append(inits, c)
+	}
+	for i := range 200 {
+		if st := holdConnect(t, inits[i%10], a, targets[(i/10)%10]); st != pbv2.Status_OK {
+			t.Fatalf("mesh circuit %d: %v", i+1, st)
+		}
+	}
+	if a.mesh.Circuits() != 200 || b.mesh.Circuits() != 200 {
+		t.Fatalf("mesh circuits A %d B %d, want 200", a.mesh.Circuits(), b.mesh.Circuits())
+	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -67,7 +68,7 @@ func fdBudget(maxConns int) int { return maxConns + outboundSlack + fdSlack }
 // limitConfig starts from go-libp2p's auto-scaled defaults (with the
 // bundled service limits) and raises every limit that would refuse or trim
 // connections below DUSK_MAX_CONNECTIONS. Nothing is lowered.
-func limitConfig(c config.Relay) rcmgr.ConcreteLimitConfig {
+func limitConfig(c config.Relay, cluster ...protocol.ID) rcmgr.ConcreteLimitConfig {
 	scaling := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&scaling)
 	base := scaling.AutoScale()
@@ -132,6 +133,31 @@ func limitConfig(c config.Relay) rcmgr.ConcreteLimitConfig {
 	relayStreams := 2*c.MaxCircuits + min(maxReservations(c), 4096)
 	svc(relay.ServiceName, relayStreams)
 
+	// The circuit mesh: a stream per circuit relayed between two relays of
+	// the cluster, up to the circuit cap, which the per-peer defaults (128
+	// streams of one protocol) would cut short. Member relays get that on
+	// top of what any peer may open.
+	if len(cluster) > 0 {
+		for _, id := range cluster {
+			proto(id, 2*c.MaxCircuits)
+			rl := p.ProtocolPeer[id]
+			bumpStreams(&rl, c.MaxCircuits)
+			p.ProtocolPeer[id] = rl
+		}
+		if p.Peer == nil {
+			p.Peer = map[peer.ID]rcmgr.ResourceLimits{}
+		}
+		for _, a := range c.PeerRelays {
+			info, err := peer.AddrInfoFromP2pAddr(a)
+			if err != nil {
+				continue // config.Validate reports it
+			}
+			rl := p.PeerDefault
+			bumpStreams(&rl, 2*requestStreamsPerPeer+c.MaxCircuits)
+			p.Peer[info.ID] = rl
+		}
+	}
+
 	return p.Build(base)
 }
 
@@ -153,7 +179,7 @@ func raise64(v *rcmgr.LimitVal64, n int64) {
 // addresses cannot hold the relay full. go-libp2p exempts all of
 // 127.0.0.0/8; only 127.0.0.1 and ::1 are exempt here (local tools and
 // benchmarks), so the caps also hold for the other loopback addresses.
-func newResourceManager(c config.Relay, noMetrics bool) (network.ResourceManager, error) {
+func newResourceManager(c config.Relay, noMetrics bool, cluster ...protocol.ID) (network.ResourceManager, error) {
 	perIP := connsPerIP(c)
 	opts := []rcmgr.Option{
 		rcmgr.WithNetworkPrefixLimit(
@@ -170,7 +196,7 @@ func newResourceManager(c config.Relay, noMetrics bool) (network.ResourceManager
 	if noMetrics {
 		opts = append(opts, rcmgr.WithMetricsDisabled())
 	}
-	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limitConfig(c)), opts...)
+	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limitConfig(c, cluster...)), opts...)
 }
 
 // connRateLimiter keeps go-libp2p's per-address connection rate limiting

@@ -33,6 +33,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
@@ -62,6 +63,10 @@ type Options struct {
 	PublicHost string
 	// Version goes into the identify agent string dusk-relay/<Version>.
 	Version string
+	// ClusterProtocols are spoken between the relays of DUSK_PEER_RELAYS
+	// with one stream per relayed circuit (the circuit mesh): their
+	// per-peer stream caps follow DUSK_RELAY_MAX_CIRCUITS.
+	ClusterProtocols []protocol.ID
 
 	connMgr []connmgr.Option // tests: a grace period they can wait out
 }
@@ -143,7 +148,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		}
 	}
 
-	rm, err := newResourceManager(cfg, reg == nil)
+	rm, err := newResourceManager(cfg, reg == nil, opts.ClusterProtocols...)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
