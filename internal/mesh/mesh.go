@@ -195,7 +195,7 @@ func (m *Mesh) Forward(s network.Stream, src, dst peer.ID) (pbv2.Status, func(),
 	}
 	refuse := func(st pbv2.Status, result string) (pbv2.Status, func(), bool) {
 		m.m.circuit(entry, result)
-		writeStatus(s, st, nil)
+		_ = writeStatus(s, st, nil) // a failed write resets s
 		return st, nil, true
 	}
 	if m.h.Network().Connectedness(at) != network.Connected {
@@ -330,7 +330,7 @@ func (m *Mesh) handle(s network.Stream) {
 	_ = s.SetReadDeadline(time.Time{})
 	refuse := func(st pbv2.Status, result string) {
 		m.m.circuit(exit, result)
-		writeStatus(s, st, nil)
+		_ = writeStatus(s, st, nil) // a failed write resets s
 	}
 	if err != nil || req.GetType() != pbv2.HopMessage_CONNECT || stop.GetType() != pbv2.StopMessage_CONNECT {
 		refuse(pbv2.Status_MALFORMED_MESSAGE, "malformed")
