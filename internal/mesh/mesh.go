@@ -107,8 +107,8 @@ type Mesh struct {
 	counts  map[peer.ID]int
 	lookups map[peer.ID]int // in flight per initiator; see maxLookups
 	looking int
-	live   map[network.Stream]struct{} // spliced streams, reset on Close
-	closed bool
+	live    map[network.Stream]struct{} // spliced streams, reset on Close
+	closed  bool
 }
 
 // New builds the mesh; Attach starts serving member relays. A nil Locator
