@@ -8,6 +8,7 @@
 //	dusk-bench directory   /dusk/directory/1.0.0 Register/Search throughput and latency
 //	dusk-bench circuit     circuit relay throughput and setup vs a direct connection
 //	dusk-bench rendezvous  discover latency over a large namespace, register throughput
+//	dusk-bench clients     N simulated Dusk clients: latency per operation, the largest N served
 //
 // All traffic stays on 127.0.0.1. Every subcommand takes -quick for a
 // seconds-long smoke run. Exit status is non-zero only on errors, never
@@ -44,6 +45,7 @@ var subcommands = map[string]subcommand{
 	"directory":  {"directory Register/Search throughput and latency", runDirectory},
 	"circuit":    {"circuit relay throughput and setup latency vs direct", runCircuit},
 	"rendezvous": {"rendezvous discover latency and register throughput", runRendezvous},
+	"clients":    {"N simulated Dusk clients (the app's full behaviour): p50/p99 per operation, largest N", runClients},
 	"bare-relay": {"(internal) bare go-libp2p relay: the baseline server of conns", runBareRelay},
 }
 

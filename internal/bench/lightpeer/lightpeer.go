@@ -51,6 +51,22 @@ type Conn struct {
 	cc     transport.CapableConn
 	idMsg  *idpb.Identify
 	wg     sync.WaitGroup
+	// handlers serve inbound streams of extra protocols (read-only after Dial).
+	handlers map[protocol.ID]Handler
+}
+
+// Handler serves one inbound stream of an extra protocol until it returns;
+// the stream has no deadline. It must return once the connection closes.
+type Handler func(s network.MuxedStream)
+
+// Options configure DialWith.
+type Options struct {
+	// Local is the local address to dial from (nil: the kernel picks).
+	Local ma.Multiaddr
+	// Handlers serve the remote's streams of these protocols (e.g. a
+	// gossipsub router's stream or a relay's circuit STOP); they are also
+	// listed in our identify record, so the remote knows we speak them.
+	Handlers map[protocol.ID]Handler
 }
 
 // NewKey returns a fresh Ed25519 identity.
@@ -71,6 +87,12 @@ func Dial(ctx context.Context, key crypto.PrivKey, addr ma.Multiaddr, remote pee
 // DialFrom is Dial from a chosen local address (e.g. /ip4/127.0.0.2/tcp/0,
 // to stand for another client address on loopback); nil lets the kernel pick.
 func DialFrom(ctx context.Context, key crypto.PrivKey, local, addr ma.Multiaddr, remote peer.ID) (*Conn, error) {
+	return DialWith(ctx, key, addr, remote, Options{Local: local})
+}
+
+// DialWith is Dial with options.
+func DialWith(ctx context.Context, key crypto.PrivKey, addr ma.Multiaddr, remote peer.ID, o Options) (*Conn, error) {
+	local := o.Local
 	if key == nil {
 		var err error
 		if key, _, err = NewKey(); err != nil {
@@ -98,7 +120,7 @@ func DialFrom(ctx context.Context, key crypto.PrivKey, local, addr ma.Multiaddr,
 	if err != nil {
 		return nil, fmt.Errorf("lightpeer: upgrade: %w", err)
 	}
-	c := &Conn{Key: key, ID: id, Remote: remote, cc: cc}
+	c := &Conn{Key: key, ID: id, Remote: remote, cc: cc, handlers: o.Handlers}
 	pub, err := crypto.MarshalPublicKey(key.GetPublic())
 	if err != nil {
 		_ = cc.Close()
@@ -110,6 +132,9 @@ func DialFrom(ctx context.Context, key crypto.PrivKey, local, addr ma.Multiaddr,
 		PublicKey:       pub,
 		ObservedAddr:    cc.RemoteMultiaddr().Bytes(),
 		Protocols:       []string{IdentifyID, PingID},
+	}
+	for p := range o.Handlers {
+		c.idMsg.Protocols = append(c.idMsg.Protocols, string(p))
 	}
 	c.wg.Add(1)
 	go c.serve()
@@ -123,6 +148,9 @@ func (c *Conn) serve() {
 	m := mss.NewMultistreamMuxer[protocol.ID]()
 	m.AddHandler(IdentifyID, nil)
 	m.AddHandler(PingID, nil)
+	for p := range c.handlers {
+		m.AddHandler(p, nil)
+	}
 	for {
 		s, err := c.cc.AcceptStream()
 		if err != nil {
@@ -135,6 +163,11 @@ func (c *Conn) serve() {
 			p, _, err := m.Negotiate(s)
 			if err != nil {
 				_ = s.Reset()
+				return
+			}
+			if h := c.handlers[p]; h != nil {
+				_ = s.SetDeadline(time.Time{})
+				h(s)
 				return
 			}
 			switch p {
