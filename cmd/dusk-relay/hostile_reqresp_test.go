@@ -369,8 +369,10 @@ func TestHostileGifUpstream(t *testing.T) {
 		t.Errorf("cache entries = %v, want 1", m["dusk_gif_cache_entries"])
 	}
 
-	// Fresh identities on one address: 5 misses each, 50 per address.
+	// Fresh identities on one address: 5 misses each, 50 per address
+	// (plus what the address bucket refills while the loop runs: 50/min).
 	var served, empty int
+	floodStart := time.Now()
 	for id := 0; id < 20; id++ {
 		c := rrClientFrom(t, "127.0.0.3")
 		connectTo(t, c, d)
@@ -388,8 +390,9 @@ func TestHostileGifUpstream(t *testing.T) {
 	}
 	t.Logf("20 identities on 127.0.0.3, 200 distinct searches: %d answered from upstream, %d empty (limited); upstream calls so far %d",
 		served, empty, calls.Load())
-	if served != 50 || calls.Load() != 51 {
-		t.Errorf("served %d misses (upstream calls %d); want the per-address budget of 50", served, calls.Load())
+	refill := int(time.Since(floodStart).Minutes()*50) + 1
+	if served < 50 || served > 50+refill || calls.Load() != int64(served+1) {
+		t.Errorf("served %d misses (upstream calls %d); want the per-address budget of 50 (+%d refilled)", served, calls.Load(), refill)
 	}
 
 	// An honest client elsewhere gets a fresh search.
