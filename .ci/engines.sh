@@ -107,13 +107,15 @@ engines_postgres() {
 }
 
 engines_redis() {
+  # Some tests start and kill a redis-server of their own (outages), so
+  # the binary is needed even when a server already answers.
+  command -v redis-server >/dev/null 2>&1 || engines_apt redis-server
   if [ -n "${DUSK_TEST_REDIS_URL:-}" ]; then return 0; fi
   if [ -z "${DUSK_ENGINES_PRIVATE:-}" ] && engines_redis_ping 6379; then
     export DUSK_TEST_REDIS_URL="redis://127.0.0.1:6379"
     engines_log "Redis: using the server on 127.0.0.1:6379"
     return 0
   fi
-  command -v redis-server >/dev/null 2>&1 || engines_apt redis-server
   engines_tmpdir
   local port attempt
   for attempt in 1 2 3 4 5; do
