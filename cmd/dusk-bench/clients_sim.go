@@ -32,6 +32,7 @@ import (
 
 	"github.com/duskchat/dusk-relay/internal/bench"
 	"github.com/duskchat/dusk-relay/internal/bench/lightpeer"
+	"github.com/duskchat/dusk-relay/internal/federation"
 	"github.com/duskchat/dusk-relay/internal/reqresp"
 )
 
@@ -204,6 +205,7 @@ type simClient struct {
 
 	conn    *lightpeer.Conn
 	ping    network.MuxedStream
+	gsMu    sync.Mutex          // gs is written by the loop and by readGossip (IWANT)
 	gs      network.MuxedStream // our gossipsub stream to the relay
 	seqno   uint64
 	circ    network.MuxedStream
@@ -384,10 +386,14 @@ func (c *simClient) connect(ctx context.Context) error {
 		return err
 	}
 	if c.gossip {
-		if c.gs, err = c.longStream(cctx, gossipProto); err != nil {
+		gs, err := c.longStream(cctx, gossipProto)
+		if err != nil {
 			c.rec.fail("gossip", err)
 			return err
 		}
+		c.gsMu.Lock()
+		c.gs = gs
+		c.gsMu.Unlock()
 		sub := func(t string) *pubsubpb.RPC_SubOpts {
 			return &pubsubpb.RPC_SubOpts{Subscribe: proto.Bool(true), Topicid: proto.String(t)}
 		}
@@ -662,21 +668,47 @@ func (c *simClient) serveStop(s network.MuxedStream) {
 	}
 }
 
-// readGossip reads the relay's gossipsub stream and counts the messages it
-// forwards to us.
+// seenMax bounds a client's memory of message ids (a rust client keeps a
+// time-bounded duplicate cache; the relay advertises ids for 3 heartbeats).
+const seenMax = 512
+
+// readGossip reads the relay's gossipsub stream, counts the messages it
+// forwards to us and, as a rust client does, asks with IWANT for the ids
+// it advertises in IHAVE that we have not seen.
 func (c *simClient) readGossip(s network.MuxedStream) {
 	r := pbio.NewDelimitedReader(s, 1<<20)
+	seen := make(map[string]struct{})
 	for {
 		var rpc pubsubpb.RPC
 		if err := r.ReadMsg(&rpc); err != nil {
 			_ = s.Reset()
 			return
 		}
+		if len(seen) >= seenMax {
+			clear(seen)
+		}
+		for _, m := range rpc.GetPublish() {
+			seen[federation.MessageID(m)] = struct{}{}
+		}
 		c.rec.gossipIn.Add(int64(len(rpc.GetPublish())))
+		var want []string
+		for _, ih := range rpc.GetControl().GetIhave() {
+			for _, id := range ih.GetMessageIDs() {
+				if _, ok := seen[id]; !ok {
+					seen[id] = struct{}{}
+					want = append(want, id)
+				}
+			}
+		}
+		if len(want) > 0 {
+			c.writeRPC(&pubsubpb.RPC{Control: &pubsubpb.ControlMessage{Iwant: []*pubsubpb.ControlIWant{{MessageIDs: want}}}})
+		}
 	}
 }
 
 func (c *simClient) writeRPC(rpc *pubsubpb.RPC) {
+	c.gsMu.Lock()
+	defer c.gsMu.Unlock()
 	if c.gs == nil {
 		return
 	}
@@ -732,9 +764,12 @@ func (c *simClient) profileAnnounce() []byte {
 
 func (c *simClient) close() {
 	if c.conn != nil {
-		_ = c.conn.Close()
+		_ = c.conn.Close() // waits for readGossip
 	}
-	c.conn, c.ping, c.gs, c.circ = nil, nil, nil, nil
+	c.conn, c.ping, c.circ = nil, nil, nil
+	c.gsMu.Lock()
+	c.gs = nil
+	c.gsMu.Unlock()
 }
 
 // simCPU returns this process's CPU time (for "is dusk-bench the bottleneck").
