@@ -6,31 +6,17 @@ import (
 	"time"
 
 	ma "github.com/multiformats/go-multiaddr"
-	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
-// IPv6PrefixBits is how IPv6 sources are aggregated for per-address
-// limits: a /56 is what one ISP customer typically gets, so one subscriber
-// cannot multiply a per-address budget by hopping inside it.
-const IPv6PrefixBits = 56
-
 // AddrKey is the per-address limit key of a remote multiaddr: the IPv4
-// address (/32), or its /56 for IPv6. "" means no per-address limit
-// applies: a has no IP, or it is 127.0.0.1 or ::1, which the connection
-// limits exempt as well (local tools and benchmarks on the relay's host).
+// address, or its /56 for IPv6 (netkey.Prefix). "" means no per-address
+// limit applies: a has no IP, or it is 127.0.0.1 or ::1, which the
+// connection limits exempt as well (netkey.Exempt).
 func AddrKey(a ma.Multiaddr) string {
-	if a == nil {
-		return ""
-	}
-	ip, err := manet.ToIP(a)
-	if err != nil {
-		return ""
-	}
-	addr, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return ""
-	}
-	if addr = addr.Unmap(); addr == netip.IPv6Loopback() || addr == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+	addr, ok := netkey.AddrOfMultiaddr(a)
+	if !ok || netkey.Exempt(addr) {
 		return ""
 	}
 	return PrefixKey(addr)
@@ -38,13 +24,12 @@ func AddrKey(a ma.Multiaddr) string {
 
 // PrefixKey is AddrKey for an IP address.
 func PrefixKey(addr netip.Addr) string {
-	addr = addr.Unmap()
-	if addr.Is4() {
-		return addr.String()
-	}
-	p, err := addr.Prefix(IPv6PrefixBits)
-	if err != nil {
+	p := netkey.Prefix(addr)
+	switch {
+	case !p.IsValid():
 		return ""
+	case p.Addr().Is4():
+		return p.Addr().String()
 	}
 	return p.String()
 }
