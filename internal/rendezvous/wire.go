@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/record"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 // MaxNamespace is the longest namespace in bytes (rust-libp2p MAX_NAMESPACE).
@@ -112,26 +114,10 @@ func parseRecord(b []byte) (peer.ID, error) {
 	return pr.PeerID, nil
 }
 
-// sourcePrefix is the budget key of a connection's remote address: the
-// IPv4 address, or the IPv6 /56 (what one subscriber is commonly given,
-// so a host cannot multiply its budget by picking addresses). Addresses
-// without an IP share the zero prefix.
+// sourcePrefix is the budget key of a connection's remote address
+// (netkey.Prefix: IPv4 address, IPv6 /56). Addresses without an IP share
+// the zero prefix; 127.0.0.1 and ::1 are budgeted like any address.
 func sourcePrefix(a ma.Multiaddr) netip.Prefix {
-	var ip netip.Addr
-	ma.ForEach(a, func(c ma.Component) bool {
-		if c.Code() == ma.P_IP4 || c.Code() == ma.P_IP6 {
-			ip, _ = netip.AddrFromSlice(c.RawValue())
-			return false
-		}
-		return true
-	})
-	ip = ip.Unmap()
-	switch {
-	case ip.Is4():
-		return netip.PrefixFrom(ip, 32)
-	case ip.Is6():
-		p, _ := ip.Prefix(56)
-		return p
-	}
-	return netip.Prefix{}
+	p, _ := netkey.FromMultiaddr(a)
+	return p
 }
