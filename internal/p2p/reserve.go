@@ -7,7 +7,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
-	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 // Reservations per address: identities are free, so without a cap per
@@ -21,32 +22,16 @@ type rsv struct {
 	key netip.Prefix
 }
 
-// addrKey is the prefix a connection's reservations are counted under.
-// The zero prefix (no IP, e.g. a relayed connection, or 127.0.0.1 and ::1,
-// exempt as from the connection caps: local tools and benchmarks) is not
-// capped.
+// addrKey is the prefix a connection's reservations are counted under
+// (netkey.Prefix). The zero prefix (no IP, e.g. a relayed connection, or
+// 127.0.0.1 and ::1, exempt as from the connection caps: netkey.Exempt)
+// is not capped.
 func addrKey(a ma.Multiaddr) netip.Prefix {
-	ip, err := manet.ToIP(a)
-	if err != nil {
+	addr, ok := netkey.AddrOfMultiaddr(a)
+	if !ok || netkey.Exempt(addr) {
 		return netip.Prefix{}
 	}
-	addr, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return netip.Prefix{}
-	}
-	addr = addr.Unmap()
-	if addr == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || addr == netip.IPv6Loopback() {
-		return netip.Prefix{}
-	}
-	bits := 32
-	if addr.Is6() {
-		bits = 56
-	}
-	p, err := addr.Prefix(bits)
-	if err != nil {
-		return netip.Prefix{}
-	}
-	return p
+	return netkey.Prefix(addr)
 }
 
 // admitReservation decides a RESERVE request before the relay sees it.
@@ -146,13 +131,5 @@ func (n *Node) hasReservation(p peer.ID, now time.Time) bool {
 func (n *Node) reservationsFrom(a netip.Addr) int {
 	n.rsvMu.Lock()
 	defer n.rsvMu.Unlock()
-	bits := 32
-	if a.Unmap().Is6() {
-		bits = 56
-	}
-	k, err := a.Unmap().Prefix(bits)
-	if err != nil {
-		return 0
-	}
-	return n.perPrefix[k]
+	return n.perPrefix[netkey.Prefix(a)]
 }
