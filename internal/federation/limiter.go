@@ -9,7 +9,8 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
-	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 const (
@@ -77,31 +78,15 @@ func (l *clientLimiter) validate(_ context.Context, from peer.ID, msg *pubsub.Me
 	return pubsub.ValidationAccept
 }
 
+// prefixOf is the budget key (netkey.Prefix) of p's first connection
+// with an IP address; no loopback exemption.
 func (l *clientLimiter) prefixOf(p peer.ID) (netip.Prefix, bool) {
 	for _, c := range l.h.Network().ConnsToPeer(p) {
-		ip, err := manet.ToIP(c.RemoteMultiaddr())
-		if err != nil {
-			continue
+		if k, ok := netkey.FromMultiaddr(c.RemoteMultiaddr()); ok {
+			return k, true
 		}
-		a, ok := netip.AddrFromSlice(ip)
-		if !ok {
-			continue
-		}
-		return addrPrefix(a), true
 	}
 	return netip.Prefix{}, false
-}
-
-// addrPrefix keys IPv4 by address and IPv6 by /56 (one subscriber's
-// allocation).
-func addrPrefix(a netip.Addr) netip.Prefix {
-	a = a.Unmap()
-	bits := 32
-	if a.Is6() {
-		bits = 56
-	}
-	p, _ := a.Prefix(bits)
-	return p
 }
 
 func (l *clientLimiter) take(key netip.Prefix, n float64) bool {

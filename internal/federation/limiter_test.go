@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/duskchat/dusk-relay/internal/config"
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 func TestLimiterBuckets(t *testing.T) {
@@ -63,7 +64,7 @@ func TestAddrPrefix(t *testing.T) {
 		"2001:db8:aa:bbcc:1::1":    "2001:db8:aa:bb00::/56",
 		"2001:db8:aa:bbff:ffff::9": "2001:db8:aa:bb00::/56",
 	} {
-		if got := addrPrefix(netip.MustParseAddr(in)).String(); got != want {
+		if got := netkey.Prefix(netip.MustParseAddr(in)).String(); got != want {
 			t.Errorf("%s -> %s, want %s", in, got, want)
 		}
 	}
