@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/net/ipv4"
 
+	"github.com/duskchat/dusk-relay/internal/netkey"
 	"github.com/duskchat/dusk-relay/internal/turnauth"
 )
 
@@ -111,12 +112,11 @@ func (s *Server) screen(b []byte, src net.Addr, budget bool) (resp []byte, drop 
 // (dusk-bench) set up allocations far faster than any client; the same
 // addresses are exempt from the libp2p connection limits.
 func budgetExempt(src net.Addr) bool {
-	ua, ok := src.(*net.UDPAddr)
-	if !ok {
+	if _, ok := src.(*net.UDPAddr); !ok {
 		return false
 	}
-	a := ua.AddrPort().Addr().Unmap()
-	return a == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || a == netip.IPv6Loopback()
+	a, _ := netkey.AddrOfNetAddr(src)
+	return netkey.Exempt(a)
 }
 
 // checkOwner answers 441 Wrong Credentials to a request with valid

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 // pendingTTL bounds how long a quota slot reserved by QuotaHandler waits
@@ -65,39 +67,15 @@ func addrKey(a net.Addr) string {
 	return a.Network() + "/" + a.String()
 }
 
-// ipKey is the client address prefix an allocation counts against: /32
-// for IPv4 (IPv4-mapped IPv6 included), /56 for IPv6: ISPs delegate a /56
-// (often a /48) to one customer, so per /64 one subscriber would count as
-// up to 256 addresses. An address that cannot be parsed (pion always
-// passes *net.UDPAddr or *net.TCPAddr) maps to the zero Prefix, one shared
-// bucket.
+// ipKey is the client address prefix an allocation, TCP connection or
+// unauthenticated answer counts against (netkey.Prefix: IPv4 /32, IPv6
+// /56). An address that cannot be parsed (pion always passes
+// *net.UDPAddr or *net.TCPAddr) maps to the zero Prefix, one shared
+// bucket. Allocation-free for those two types.
 func ipKey(a net.Addr) netip.Prefix {
-	var ip netip.Addr
-	switch v := a.(type) {
-	case *net.UDPAddr:
-		ip, _ = netip.AddrFromSlice(v.IP)
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(v.IP)
-	case nil:
-	default:
-		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-			ip = ap.Addr()
-		}
-	}
-	ip = ip.Unmap().WithZone("")
-	bits := ipv6QuotaBits
-	if ip.Is4() {
-		bits = 32
-	}
-	p, err := ip.Prefix(bits)
-	if err != nil {
-		return netip.Prefix{}
-	}
+	p, _ := netkey.FromNetAddr(a)
 	return p
 }
-
-// ipv6QuotaBits is the IPv6 prefix length of ipKey.
-const ipv6QuotaBits = 56
 
 type quotaScope uint8
 
