@@ -163,8 +163,9 @@ func runClients(ctx context.Context, env *runEnv, args []string) error {
 			if err != nil {
 				return err
 			}
-			// Pairs: an even and the next odd index, both in the circuit fraction.
-			if idx%2 == 1 && fracPick(idx-1, o.circuitFrac) {
+			// Pairs: an even and the next odd index; a fraction of the pairs
+			// (so of the clients) holds a circuit.
+			if idx%2 == 1 && fracPick(idx/2, o.circuitFrac) {
 				clients[idx-1].target = c
 			}
 			clients = append(clients, c)

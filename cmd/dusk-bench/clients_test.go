@@ -92,3 +92,18 @@ func TestClientsQuick(t *testing.T) {
 		t.Errorf("a step with errors passed:\n%s", out)
 	}
 }
+
+// The circuit fraction is a fraction of the clients, in whole pairs.
+func TestFracPickPairs(t *testing.T) {
+	for _, frac := range []float64{0.1, 0.2, 0.5, 1} {
+		pairs := 0
+		for p := range 500 {
+			if fracPick(p, frac) {
+				pairs++
+			}
+		}
+		if want := int(frac * 500); pairs != want {
+			t.Errorf("frac %v: %d of 500 pairs, want %d", frac, pairs, want)
+		}
+	}
+}
