@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/x/rate"
 
 	"github.com/duskchat/dusk-relay/internal/config"
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 const (
@@ -188,7 +189,7 @@ func newResourceManager(c config.Relay, noMetrics bool, cluster ...protocol.ID) 
 		rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: perIP}},
 			[]rcmgr.ConnLimitPerSubnet{
-				{PrefixLength: 56, ConnCount: perIP},
+				{PrefixLength: netkey.IPv6Bits, ConnCount: perIP},
 				{PrefixLength: 48, ConnCount: 4 * perIP},
 			}),
 		rcmgr.WithConnRateLimiters(connRateLimiter(perIP)),
@@ -211,7 +212,7 @@ func connRateLimiter(perIP int) *rate.Limiter {
 		SubnetRateLimiter: rate.SubnetLimiter{
 			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: rate.Limit{RPS: 2, Burst: perIP}}},
 			IPv6SubnetLimits: []rate.SubnetLimit{
-				{PrefixLength: 56, Limit: rate.Limit{RPS: 2, Burst: perIP}},
+				{PrefixLength: netkey.IPv6Bits, Limit: rate.Limit{RPS: 2, Burst: perIP}},
 				{PrefixLength: 48, Limit: rate.Limit{RPS: 5, Burst: 4 * perIP}},
 			},
 			GracePeriod: time.Minute,
