@@ -3,7 +3,6 @@ package federation
 import (
 	"context"
 	"net/netip"
-	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -11,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/duskchat/dusk-relay/internal/netkey"
+	"github.com/duskchat/dusk-relay/internal/ratelimit"
 )
 
 const (
@@ -18,8 +18,8 @@ const (
 	// traffic (8 MiB), room for a client answering one RequestSync with
 	// a 64 KiB DocumentOffer for each of 128 communities.
 	burstSeconds = 32
-	// maxBuckets bounds the limiter's memory; full buckets are dropped
-	// first (a full bucket is the same as no bucket).
+	// maxBuckets bounds the limiter's memory (ratelimit.Sweep: refilled
+	// buckets are dropped first, a full bucket being the same as none).
 	maxBuckets = 1 << 16
 )
 
@@ -33,26 +33,17 @@ type clientLimiter struct {
 	h       host.Host
 	self    peer.ID
 	members map[peer.ID]struct{}
-	rate    float64 // bytes per second
-	burst   float64
 	now     func() time.Time
 	onDrop  func(topic string)
-
-	mu      sync.Mutex
-	buckets map[netip.Prefix]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
+	buckets *ratelimit.Keyed[netip.Prefix] // bytes
 }
 
 func newClientLimiter(h host.Host, self peer.ID, members map[peer.ID]struct{}, bytesPerSec int64, onDrop func(string)) *clientLimiter {
 	return &clientLimiter{
 		h: h, self: self, members: members,
-		rate: float64(bytesPerSec), burst: float64(bytesPerSec) * burstSeconds,
 		now: time.Now, onDrop: onDrop,
-		buckets: make(map[netip.Prefix]*bucket),
+		buckets: ratelimit.New[netip.Prefix](float64(bytesPerSec), float64(bytesPerSec)*burstSeconds,
+			maxBuckets, ratelimit.Sweep),
 	}
 }
 
@@ -90,36 +81,5 @@ func (l *clientLimiter) prefixOf(p peer.ID) (netip.Prefix, bool) {
 }
 
 func (l *clientLimiter) take(key netip.Prefix, n float64) bool {
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.buckets[key]
-	if b == nil {
-		if len(l.buckets) >= maxBuckets {
-			l.pruneLocked(now)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[key] = b
-	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-	b.last = now
-	if b.tokens < n {
-		return false
-	}
-	b.tokens -= n
-	return true
-}
-
-// pruneLocked drops buckets that have refilled; if none has, the whole
-// map (an attacker owning 65k prefixes gets a fresh burst each, which a
-// bounded map cannot avoid).
-func (l *clientLimiter) pruneLocked(now time.Time) {
-	for k, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.buckets, k)
-		}
-	}
-	if len(l.buckets) >= maxBuckets {
-		clear(l.buckets)
-	}
+	return l.buckets.AllowN(key, n, l.now())
 }

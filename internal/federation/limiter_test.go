@@ -52,7 +52,7 @@ func TestLimiterBoundedMemory(t *testing.T) {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
 		l.take(p, 1)
 	}
-	if n := len(l.buckets); n > maxBuckets {
+	if n := l.buckets.Len(); n > maxBuckets {
 		t.Fatalf("%d buckets, want <= %d", n, maxBuckets)
 	}
 }
