@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/duskchat/dusk-relay/internal/ratelimit"
 )
 
 // Unauthenticated answers over UDP are budgeted per source prefix. A
@@ -42,71 +44,28 @@ const (
 
 var answerKindNames = [numAnswerKinds]string{"binding", "unauthenticated"}
 
-type answerBucket struct {
-	tokens float64
-	last   int64 // unix nanos of the last update
-}
-
-// answerLimiter is a token bucket per source prefix in two generations of
-// at most max/2 entries each: lookups move an entry to the current map, and
-// when it is full the previous one is dropped.
+// answerLimiter is the answer budget per source prefix, in two
+// generations (ratelimit.Generations): spoofed UDP sources make a flood
+// of fresh prefixes the normal case, so making room must not scan.
 type answerLimiter struct {
-	rate, burst float64
-	max         int
-
-	mu        sync.Mutex
-	cur, prev map[netip.Prefix]answerBucket
-
+	budget  *ratelimit.Keyed[netip.Prefix]
 	dropped [numAnswerKinds]atomic.Uint64
 }
 
 func newAnswerLimiter(rate, burst float64, max int) *answerLimiter {
-	if max < 2 {
-		max = 2
-	}
-	return &answerLimiter{rate: rate, burst: burst, max: max,
-		cur: map[netip.Prefix]answerBucket{}, prev: map[netip.Prefix]answerBucket{}}
+	return &answerLimiter{budget: ratelimit.New[netip.Prefix](rate, burst, max, ratelimit.Generations)}
 }
 
 // allow takes one token from p's bucket; false means: do not answer.
 func (l *answerLimiter) allow(p netip.Prefix, kind int, now time.Time) bool {
-	t := now.UnixNano()
-	l.mu.Lock()
-	b, ok := l.cur[p]
-	if !ok {
-		if b, ok = l.prev[p]; ok {
-			delete(l.prev, p)
-		} else {
-			b = answerBucket{tokens: l.burst, last: t}
-		}
-		if len(l.cur) >= l.max/2 {
-			l.prev, l.cur = l.cur, make(map[netip.Prefix]answerBucket, l.max/2)
-		}
+	if l.budget.Allow(p, now) {
+		return true
 	}
-	if dt := t - b.last; dt > 0 {
-		b.tokens += float64(dt) * l.rate / float64(time.Second)
-		if b.tokens > l.burst {
-			b.tokens = l.burst
-		}
-	}
-	b.last = t
-	ok = b.tokens >= 1
-	if ok {
-		b.tokens--
-	}
-	l.cur[p] = b
-	l.mu.Unlock()
-	if !ok {
-		l.dropped[kind].Add(1)
-	}
-	return ok
+	l.dropped[kind].Add(1)
+	return false
 }
 
-func (l *answerLimiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.cur) + len(l.prev)
-}
+func (l *answerLimiter) size() int { return l.budget.Len() }
 
 // ownerKey names an allocation's client transport address.
 type ownerKey struct {

@@ -232,7 +232,7 @@ func TestAnswerBudgetHonestUse(t *testing.T) {
 	if d := &s.gate.answers.dropped; d[0].Load()+d[1].Load() != 0 {
 		t.Fatalf("honest clients had answers dropped: %d/%d", d[0].Load(), d[1].Load())
 	}
-	if _, ok := s.gate.answers.cur[ipKey(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 11)})]; !ok {
+	if !s.gate.answers.budget.Tracks(ipKey(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 11)})) {
 		t.Fatal("127.0.0.11 not budgeted")
 	}
 	if !budgetExempt(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) || !budgetExempt(&net.UDPAddr{IP: net.IPv6loopback}) ||
