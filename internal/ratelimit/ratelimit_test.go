@@ -83,3 +83,15 @@ func TestGenerationsBounded(t *testing.T) {
 		t.Fatal("the recent keys are tracked, the old ones forgotten")
 	}
 }
+
+// A tracked key costs no allocation (the TURN answer budget runs per
+// unauthenticated datagram).
+func TestAllowAllocs(t *testing.T) {
+	for _, bound := range []Bound{Sweep, Generations} {
+		l := New[string](1, 10, 8, bound)
+		now := time.Unix(1000, 0)
+		if n := testing.AllocsPerRun(100, func() { l.Allow("k", now) }); n != 0 {
+			t.Errorf("%d: %v allocs", bound, n)
+		}
+	}
+}
