@@ -1,7 +1,6 @@
 package ratelimit
 
 import (
-	"fmt"
 	"testing"
 	"time"
 )
@@ -46,21 +45,26 @@ func TestAllowN(t *testing.T) {
 }
 
 func TestSweepBounded(t *testing.T) {
-	l := New[string](1, 2, 100, Sweep)
+	l := New[int](1, 2, 100, Sweep)
 	now := time.Unix(1000, 0)
-	for i := 0; i < 1000; i++ {
-		if !l.Allow(fmt.Sprint("k", i), now) {
-			t.Fatalf("fresh key %d refused", i)
-		}
+	for k := range 100 {
+		l.AllowN(k, 2, now) // every bucket drained
+	}
+	// Full and nothing refilled: arbitrary keys go, down to 90 %.
+	if !l.Allow(100, now) || l.Len() != 91 || !l.Tracks(100) {
+		t.Fatalf("full table: %d keys after a new one, want 91", l.Len())
+	}
+	for k := 101; k < 1000; k++ {
+		l.Allow(k, now)
 		if l.Len() > 100 {
 			t.Fatalf("table grew to %d", l.Len())
 		}
 	}
-	// Idle (refilled) buckets are the first to go.
-	now = now.Add(time.Hour)
-	l.Allow("new", now)
-	if l.Len() != 1 || !l.Tracks("new") {
-		t.Fatalf("after idle sweep: %d buckets", l.Len())
+	// Once refilled, every old bucket goes at the next new key.
+	now = now.Add(2 * time.Second)
+	l.AllowN(-1, 2, now)
+	if l.Len() != 1 {
+		t.Fatalf("after the sweep of refilled buckets: %d keys, want 1", l.Len())
 	}
 }
 
