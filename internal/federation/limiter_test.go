@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/duskchat/dusk-relay/internal/config"
-	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 func TestLimiterBuckets(t *testing.T) {
@@ -54,19 +53,6 @@ func TestLimiterBoundedMemory(t *testing.T) {
 	}
 	if n := l.buckets.Len(); n > maxBuckets {
 		t.Fatalf("%d buckets, want <= %d", n, maxBuckets)
-	}
-}
-
-func TestAddrPrefix(t *testing.T) {
-	for in, want := range map[string]string{
-		"192.0.2.7":                "192.0.2.7/32",
-		"::ffff:192.0.2.7":         "192.0.2.7/32",
-		"2001:db8:aa:bbcc:1::1":    "2001:db8:aa:bb00::/56",
-		"2001:db8:aa:bbff:ffff::9": "2001:db8:aa:bb00::/56",
-	} {
-		if got := netkey.Prefix(netip.MustParseAddr(in)).String(); got != want {
-			t.Errorf("%s -> %s, want %s", in, got, want)
-		}
 	}
 }
 
