@@ -115,7 +115,11 @@ func runClients(ctx context.Context, env *runEnv, args []string) error {
 	}
 
 	env.header("simulated Dusk clients", args)
-	env.printf("daemon: %s (other variables default)\n", envList(denv))
+	if len(denv) == 0 {
+		env.printf("daemon: default configuration\n")
+	} else {
+		env.printf("daemon: %s (other variables default)\n", envList(denv))
+	}
 	env.printf("method: each client is a host-less TCP+noise+yamux connection with its own Ed25519 key (internal/bench/lightpeer)\n")
 	env.printf("  doing what the Dusk app does (src-tauri/src/node): identify; circuit v2 RESERVE, renewed at 3/4 of its life;\n")
 	env.printf("  then profile on dusk/directory, directory Register, rendezvous REGISTER on dusk/peers, dusk/peer/<self> and %d\n", o.communities)
