@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +43,8 @@ type clientsRow struct {
 	rssMiB             float64
 	daemonCores        float64
 	benchCores         float64
+	benchRSSMiB        float64
+	gauges             string // the daemon's own counts at the end of the step
 	pass               bool
 	why                string
 }
@@ -193,6 +197,10 @@ func runClients(ctx context.Context, env *runEnv, args []string) error {
 		row.rssMiB = float64(rss) / (1 << 20)
 		row.daemonCores = (cpu1 - cpu0).Seconds() / el.Seconds()
 		row.benchCores = (gen1 - gen0).Seconds() / el.Seconds()
+		if r, err := bench.RSS(os.Getpid()); err == nil {
+			row.benchRSSMiB = float64(r) / (1 << 20)
+		}
+		row.gauges = daemonGauges(ctx, d)
 		row.pass, row.why = verdict(row, o.p99Max)
 		rows = append(rows, row)
 		fmt.Fprintf(env.errOut, "N=%d: %s; daemon %.2f cores, RSS %.0f MiB; dusk-bench %.2f cores\n",
@@ -290,7 +298,7 @@ func printClients(env *runEnv, rows []clientsRow, o clientsOpts) {
 		if l := r.lat[opLag]; l != nil {
 			env.printf("; client schedule lag p99 %.1f ms", l.Q(0.99))
 		}
-		env.printf("\n")
+		env.printf("\n  daemon: %s; dusk-bench RSS %.0f MiB\n", r.gauges, r.benchRSSMiB)
 		kinds := make([]string, 0, len(r.errs))
 		for k := range r.errs {
 			kinds = append(kinds, k)
@@ -309,6 +317,32 @@ func printClients(env *runEnv, rows []clientsRow, o clientsOpts) {
 		}
 	}
 	env.printf("\nschedule lag = how late a client's loop ran its next operation (high: dusk-bench itself is saturated).\n")
+}
+
+// daemonGauges reads what the daemon itself holds, to check the clients
+// are really there, and what it threw away.
+func daemonGauges(ctx context.Context, d *bench.Daemon) string {
+	var parts []string
+	for _, m := range []struct{ label, name string }{
+		{"connections", "dusk_relay_connections"},
+		{"reservations", "dusk_relay_reservations"},
+		{"circuits", "dusk_relay_circuits"},
+		{"rendezvous registrations", "dusk_rendezvous_live_registrations"},
+		{"goroutines", "go_goroutines"},
+		{"gossip throttled", "dusk_gossip_throttled_messages_total"},
+		{"gossip RPCs dropped", "dusk_gossip_dropped_rpcs_total"},
+	} {
+		v, err := d.Metric(ctx, m.name)
+		if err != nil && strings.HasSuffix(m.name, "_total") {
+			v, err = 0, nil // a labelled counter has no series until its first count
+		}
+		if err != nil {
+			parts = append(parts, m.label+" ?")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f", m.label, v))
+	}
+	return joinComma(parts)
 }
 
 func joinComma(s []string) string {

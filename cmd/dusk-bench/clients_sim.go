@@ -26,6 +26,7 @@ import (
 	circuitproto "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	"github.com/libp2p/go-msgio/pbio"
 	ma "github.com/multiformats/go-multiaddr"
+	mss "github.com/multiformats/go-multistream"
 	rdv "github.com/waku-org/go-libp2p-rendezvous"
 	rdvpb "github.com/waku-org/go-libp2p-rendezvous/pb"
 	"google.golang.org/protobuf/proto"
@@ -43,6 +44,8 @@ const (
 	appPingEvery     = 30 * time.Second  // ping::Config::with_interval(30 s), one stream
 	appTick          = 120 * time.Second // RENDEZVOUS_TICK_SECS: re-register, re-discover, directory Register
 	appIdentifyEvery = 5 * time.Minute   // rust-libp2p identify's default periodic re-identify
+	appKadEvery      = 180 * time.Second // KAD_BOOTSTRAP_TICK_SECS: kademlia bootstrap with the relay as its node
+	kadProto         = protocol.ID("/ipfs/kad/1.0.0")
 	// rust-libp2p's relay client renews a reservation when 3/4 of its
 	// lifetime has passed.
 	renewFraction = 0.75
@@ -291,13 +294,14 @@ func (c *simClient) session(ctx context.Context) error {
 	nextPing := now.Add(c.cfg.scaled(appPingEvery))
 	nextTick := now.Add(c.cfg.scaled(appTick))
 	nextIdentify := now.Add(c.cfg.scaled(appIdentifyEvery))
+	nextKad := now // the app's tokio interval fires at once
 	nextRenew := c.renewAt(expire)
 	var nextMsg time.Time
 	if c.target != nil {
 		nextMsg = now
 	}
 	for {
-		next := minTime(nextPing, nextTick, nextIdentify, nextRenew)
+		next := minTime(nextPing, nextTick, nextIdentify, nextRenew, nextKad)
 		if !nextMsg.IsZero() {
 			next = minTime(next, nextMsg)
 		}
@@ -332,6 +336,9 @@ func (c *simClient) session(ctx context.Context) error {
 			}
 			c.directory(ctx)
 			nextTick = nextTick.Add(c.cfg.scaled(appTick))
+		case !now.Before(nextKad):
+			c.kad(ctx)
+			nextKad = nextKad.Add(c.cfg.scaled(appKadEvery))
 		case !now.Before(nextIdentify):
 			ictx, cancel := c.opCtx(ctx)
 			t := time.Now()
@@ -553,6 +560,24 @@ func (c *simClient) directory(ctx context.Context) {
 		return nil
 	}()
 	_ = c.rec.done(opDirectory, t, err)
+}
+
+// kad is the app's kademlia bootstrap query to the relay: the relay does
+// not speak kad, so the stream is refused in negotiation (the cost is
+// the relay's). Any other outcome is counted.
+func (c *simClient) kad(ctx context.Context) {
+	kctx, cancel := c.opCtx(ctx)
+	defer cancel()
+	s, err := c.conn.Stream(kctx, kadProto)
+	switch {
+	case err == nil:
+		_ = s.Reset()
+		c.rec.note("kad streams accepted by the relay")
+	case errors.Is(err, mss.ErrNotSupported[protocol.ID]{}):
+		c.rec.note("kad bootstrap streams refused (the relay has no kad)")
+	default:
+		c.rec.fail("kad", err)
+	}
 }
 
 func (c *simClient) doPing(ctx context.Context) {
