@@ -159,24 +159,26 @@ func runClients(ctx context.Context, env *runEnv, args []string) error {
 			continue
 		}
 		rec.reset()
-		cpu0, _ := bench.CPUTime(d.PID)
-		gen0 := simCPU()
-		t0 := time.Now()
 		add := n - len(clients)
 		first := len(clients)
 		for i := range add {
 			idx := first + i
-			gossip := fracPick(idx, o.gossipFrac)
-			c, err := newSimClient(idx, cfg, rec, gossip)
+			c, err := newSimClient(idx, cfg, rec, fracPick(idx, o.gossipFrac))
 			if err != nil {
 				return err
 			}
 			// Pairs: an even and the next odd index; a fraction of the pairs
-			// (so of the clients) holds a circuit.
-			if idx%2 == 1 && fracPick(idx/2, o.circuitFrac) {
+			// (so of the clients) holds a circuit. Linked before either
+			// starts, so a pair never spans two steps.
+			if idx%2 == 1 && idx > first && fracPick(idx/2, o.circuitFrac) {
 				clients[idx-1].target = c
 			}
 			clients = append(clients, c)
+		}
+		cpu0, _ := bench.CPUTime(d.PID)
+		gen0 := simCPU()
+		t0 := time.Now()
+		for i, c := range clients[first:] {
 			if err := sleepCtx(ctx, time.Until(t0.Add(time.Duration(int64(o.ramp)*int64(i)/int64(add))))); err != nil {
 				return err
 			}
