@@ -286,6 +286,11 @@ func (c *simClient) session(ctx context.Context) error {
 		return err
 	}
 	c.afterReservation(ctx)
+	// The registrations and discovers the app queued until its first
+	// reservation.
+	for _, ns := range c.register {
+		c.registerNS(ctx, ns)
+	}
 	for _, ns := range c.discover {
 		c.discoverNS(ctx, ns)
 	}
@@ -466,17 +471,14 @@ func (c *simClient) hopStream(ctx context.Context, m *circuitpb.HopMessage) (*ci
 	return &resp, s, nil
 }
 
-// afterReservation is the app's ReservationReqAccepted (also on each
-// renewal): profile on dusk/directory, directory Register, and the
-// rendezvous registrations queued until then.
+// afterReservation is the app's ReservationReqAccepted, which rust-libp2p
+// also reports on each renewal: profile on dusk/directory, directory
+// Register.
 func (c *simClient) afterReservation(ctx context.Context) {
 	if c.gossip {
 		c.publish(dirTopic, c.profileAnnounce())
 	}
 	c.directory(ctx)
-	for _, ns := range c.register {
-		c.registerNS(ctx, ns)
-	}
 }
 
 func (c *simClient) registerNS(ctx context.Context, ns string) {

@@ -84,7 +84,19 @@ func TestClientsQuick(t *testing.T) {
 	}
 
 	// 20 clients hold 2 circuit pairs; a cap of 1 circuit refuses one.
-	out = runClientsQuick(t, bin, "-n", "20", "-env", "DUSK_RELAY_MAX_CIRCUITS=1")
+	// With 20 s reservations (renewed after 15 s / 10) every client
+	// renews at least once within the run.
+	out = runClientsQuick(t, bin, "-n", "20", "-speedup", "10", "-env", "DUSK_RELAY_MAX_CIRCUITS=1,DUSK_RELAY_RESERVATION_TTL=20s")
+	m = regexp.MustCompile(`N=20: connect (\d+), identify \d+, reserve (\d+),`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no operation counts for N=20:\n%s", out)
+	}
+	if conns, _ := strconv.Atoi(m[1]); conns != 20 {
+		t.Errorf("%d connects, want 20 (no reconnects)", conns)
+	}
+	if rsv, _ := strconv.Atoi(m[2]); rsv < 40 {
+		t.Errorf("%d reservations by 20 clients, want each renewed (>= 40)", rsv)
+	}
 	if !regexp.MustCompile(`error circuit open: RESOURCE_LIMIT_EXCEEDED\s+[1-9]`).MatchString(out) {
 		t.Errorf("circuit refusals not reported by kind:\n%s", out)
 	}
