@@ -1,5 +1,6 @@
 // Package gif serves /dusk/gif/1.0.0: Dusk clients ask the relay for GIF
-// search results so the Klipy API key never leaves the relay (SPEC §6).
+// search results so the Klipy API key never leaves the relay (docs/PROTOCOLS.md,
+// "/dusk/gif/1.0.0").
 //
 // Every stream is handled in its own goroutine (reqresp/libp2p), the cache
 // lock is never held during HTTP, and concurrent identical misses share one
