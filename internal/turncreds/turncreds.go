@@ -93,8 +93,9 @@ func New(cfg config.TURN, secret []byte, log *zap.Logger, reg prometheus.Registe
 func (s *Service) URIs() []string { return append([]string(nil), s.uris...) }
 
 // Attach registers the protocol handler on h. It is registered even when
-// TURN is disabled, so such requests are closed without an answer (SPEC §6)
-// rather than failing protocol negotiation.
+// TURN is disabled, so such requests are closed without an answer rather
+// than failing protocol negotiation (docs/PROTOCOLS.md,
+// "/dusk/turn-credentials/1.0.0").
 func (s *Service) Attach(ctx context.Context, h host.Host) {
 	reqresp.Serve(ctx, h, Protocol, s.log, s.Handle, reqresp.WithMaxRequestSize(MaxRequestSize))
 }
