@@ -12,7 +12,7 @@ import (
 // ChannelData of bound UDP channels is relayed here, inside our socket
 // wrappers, instead of by pion: pion parses every datagram, looks the
 // allocation up under locks and allocates per packet, which kept relayed
-// packets/s below coturn's (issue 8, dusk-bench turn). Everything else
+// packets/s below coturn's (measured with dusk-bench turn). Everything else
 // (STUN, Send and Data indications, TCP clients) still goes through pion,
 // and pion's channel callbacks keep the table exact: a channel is here
 // only while pion has it bound, and the packets take the same rules as
