@@ -19,7 +19,8 @@ import (
 
 // Why a gate in front of pion: pion/turn v4.1.4 answers a request whose
 // credentials fail (AuthHandler says no, or MESSAGE-INTEGRITY does not
-// match) with 400 Bad Request, while RFC 5389 §10.2.2 and our spec require
+// match) with 400 Bad Request, while RFC 5389 §10.2.2 and docs/PROTOCOLS.md
+// ("TURN/STUN server and credential format", Answers) require
 // 401 Unauthorized with REALM and NONCE. So each listener checks the
 // authenticated TURN requests before pion sees them and answers failures
 // with a proper 401 itself; pion's AuthHandler repeats the check (defence
