@@ -32,7 +32,8 @@ const (
 	directoryProto = protocol.ID("/dusk/directory/1.0.0")
 )
 
-// Wire shapes (SPEC §6; golden bytes in /work/shared/wire-vectors).
+// Wire shapes and golden bytes: docs/PROTOCOLS.md, "/dusk/turn-credentials/1.0.0"
+// and "/dusk/directory/1.0.0".
 type credsRequest struct {
 	PeerID string `cbor:"peer_id"`
 }
