@@ -431,7 +431,8 @@ func TestCorruptDirectoryDatabase(t *testing.T) {
 
 // TestSIGTERMUnderLoad: with registrations, searches, rendezvous traffic,
 // held streams and TURN allocations in flight, SIGTERM ends the daemon
-// with exit 0 within 5 s (SPEC §9).
+// with exit 0 within 5 s (orchestrators kill after their grace period;
+// DOCKER.md's compose file gives 10 s).
 func TestSIGTERMUnderLoad(t *testing.T) {
 	env := append(testEnv(t.TempDir()), "DUSK_DIRECTORY_REGISTER_PER_MINUTE=1000000")
 	d := startDaemon(t, env)
@@ -519,7 +520,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Errorf("exit after SIGTERM: %v\n%s", exitErr, tail(d.logs(), 30))
 	}
 	if took > 5*time.Second {
-		t.Errorf("SIGTERM took %v, SPEC §9 says within 5 s; stop sequence:\n%s", took, grepLines(d.logs(), "shutting down", "stopped", "stop "))
+		t.Errorf("SIGTERM took %v, want within 5 s; stop sequence:\n%s", took, grepLines(d.logs(), "shutting down", "stopped", "stop "))
 	}
 }
 
