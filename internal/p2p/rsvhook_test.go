@@ -70,6 +70,8 @@ func TestReservationHook(t *testing.T) {
 	before := time.Now()
 	reserve(t, c, n)
 	reserve(t, c, n) // renewal
+	// The client may read the answer before the relay's hook has run.
+	eventually(t, "reserve and renewal heard", func() bool { return len(hook.of(c.ID())) >= 2 })
 	ev := hook.of(c.ID())
 	if len(ev) != 2 || ev[0].end || ev[1].end {
 		t.Fatalf("events after reserve + renew: %+v", ev)
