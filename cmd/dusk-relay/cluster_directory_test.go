@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,84 +20,6 @@ import (
 	"github.com/duskchat/dusk-relay/internal/reqresp"
 	"github.com/duskchat/dusk-relay/internal/testutil"
 )
-
-// engineCut is a TCP relay between daemons and the test PostgreSQL:
-// cutting it is the engine going away for them (refused dials, open
-// connections reset) without stopping the server other tests share.
-type engineCut struct {
-	t      *testing.T
-	target string
-	addr   string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-}
-
-func newEngineCut(t *testing.T, target string) *engineCut {
-	c := &engineCut{t: t, target: target, conns: map[net.Conn]struct{}{}}
-	c.up("127.0.0.1:0")
-	t.Cleanup(c.down)
-	return c
-}
-
-func (c *engineCut) up(addr string) {
-	var ln net.Listener
-	var err error
-	for i := 0; i < 50; i++ {
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.mu.Lock()
-	c.ln, c.addr = ln, ln.Addr().String()
-	c.mu.Unlock()
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.DialTimeout("tcp", c.target, 5*time.Second)
-			if err != nil {
-				_ = in.Close()
-				continue
-			}
-			c.mu.Lock()
-			c.conns[in], c.conns[out] = struct{}{}, struct{}{}
-			c.mu.Unlock()
-			c.wg.Add(2)
-			pipe := func(dst, src net.Conn) {
-				defer c.wg.Done()
-				_, _ = io.Copy(dst, src)
-				_ = dst.Close()
-				_ = src.Close()
-			}
-			go pipe(out, in)
-			go pipe(in, out)
-		}
-	}()
-}
-
-func (c *engineCut) down() {
-	c.mu.Lock()
-	if c.ln != nil {
-		_ = c.ln.Close()
-		c.ln = nil
-	}
-	for conn := range c.conns {
-		_ = conn.Close()
-		delete(c.conns, conn)
-	}
-	c.mu.Unlock()
-	c.wg.Wait()
-}
 
 func dirCall(t *testing.T, c host.Host, d *daemon, req directory.Request) directory.Response {
 	t.Helper()
@@ -135,8 +56,8 @@ func TestClusterDirectoryTwoDaemons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cut := newEngineCut(t, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
-	viaCut := strings.Replace(dbURL, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), cut.addr, 1)
+	cut := testutil.NewCutProxy(t, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
+	viaCut := strings.Replace(dbURL, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), cut.Addr(), 1)
 	// A password (trust auth ignores it) that must never reach a log line.
 	const password = "Sekr1t-pw-in-url"
 	viaCut = strings.Replace(viaCut, "://"+cfg.User+"@", "://"+cfg.User+":"+password+"@", 1)
@@ -165,7 +86,7 @@ func TestClusterDirectoryTwoDaemons(t *testing.T) {
 		}
 	}
 
-	cut.down()
+	cut.Down()
 	r = dirCall(t, bob, a, directory.Request{Kind: directory.RequestSearch, Query: "alice"})
 	if r.Kind != directory.ResponseError || r.Error != "internal error" {
 		t.Fatalf("search with the engine down: %#v", r)
@@ -176,7 +97,7 @@ func TestClusterDirectoryTwoDaemons(t *testing.T) {
 	// The relay itself is fine: a new client still connects.
 	connectTo(t, newClient(t), a)
 
-	cut.up(cut.addr)
+	cut.Up()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		r = dirCall(t, bob, a, directory.Request{Kind: directory.RequestSearch, Query: "alice"})
@@ -272,9 +193,9 @@ func TestClusterDirectoryEngineDownAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port))
-	cut := newEngineCut(t, target)
-	viaCut := strings.Replace(dbURL, target, cut.addr, 1)
-	cut.down()
+	cut := testutil.NewCutProxy(t, target)
+	viaCut := strings.Replace(dbURL, target, cut.Addr(), 1)
+	cut.Down()
 	d := startDaemon(t, append(testEnv(t.TempDir()), "DUSK_DIRECTORY_URL="+viaCut))
 	if code, body := readyz(t, d); code != http.StatusServiceUnavailable || !strings.Contains(body, "directory (postgres)") {
 		t.Fatalf("/readyz with the engine down at start = %d %q", code, body)
@@ -284,7 +205,7 @@ func TestClusterDirectoryEngineDownAtStart(t *testing.T) {
 	if r := dirCall(t, c, d, directory.Request{Kind: directory.RequestRegister, DisplayName: "Early"}); r.Kind != directory.ResponseError || r.Error != "internal error" {
 		t.Fatalf("register with the engine down: %#v", r)
 	}
-	cut.up(cut.addr)
+	cut.Up()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		code, body := readyz(t, d)

@@ -24,6 +24,7 @@ import (
 	pb "github.com/waku-org/go-libp2p-rendezvous/pb"
 
 	"github.com/duskchat/dusk-relay/internal/reservations"
+	"github.com/duskchat/dusk-relay/internal/testutil"
 )
 
 // privateRedis is a redis-server of this test's own, on a free loopback
@@ -313,66 +314,11 @@ func eventuallyT(t *testing.T, what string, within time.Duration, cond func() bo
 	}
 }
 
-// startRedisClusterNodes starts three cluster-enabled redis-servers of
-// this test's own and joins them into one Redis Cluster; it returns their
-// addresses.
-func startRedisClusterNodes(t *testing.T) []string {
-	t.Helper()
-	server, err1 := exec.LookPath("redis-server")
-	cli, err2 := exec.LookPath("redis-cli")
-	if err1 != nil || err2 != nil {
-		msg := "redis-server/redis-cli not installed (apt-get install redis-server)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	var addrs []string
-	for range 3 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
-		dir := t.TempDir()
-		cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
-			"--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", dir+"/nodes.conf", "--dir", dir)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
-		for i := 0; c.Ping(context.Background()).Err() != nil; i++ {
-			if i > 100 {
-				t.Fatalf("node %s does not answer", addr)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		_ = c.Close()
-		addrs = append(addrs, addr)
-	}
-	args := append([]string{"--cluster", "create"}, addrs...)
-	if out, err := exec.Command(cli, append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput(); err != nil {
-		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
-	}
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-	defer cc.Close()
-	eventuallyT(t, "cluster_state:ok", 10*time.Second, func() bool {
-		info, err := cc.ClusterInfo(context.Background()).Result()
-		return err == nil && strings.Contains(info, "cluster_state:ok")
-	})
-	return addrs
-}
-
 // TestClusterRendezvousOnRedisCluster: DUSK_REDIS_URL naming a Redis
 // Cluster (seed nodes in ?addr=): two relays share registrations and
 // cookies across the shards, and reservation records land there too.
 func TestClusterRendezvousOnRedisCluster(t *testing.T) {
-	nodes := startRedisClusterNodes(t)
+	nodes := testutil.RedisClusterNodes(t)
 	url := "redis://" + nodes[0] + "?addr=" + nodes[1] + "&addr=" + nodes[2]
 	start := func() *daemon {
 		return startDaemon(t, append(testEnv(t.TempDir()), "DUSK_REDIS_URL="+url))

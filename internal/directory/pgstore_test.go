@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"reflect"
@@ -391,93 +390,14 @@ func TestBackendParityRandomized(t *testing.T) {
 	}
 }
 
-// pgProxy is a TCP relay in front of the test PostgreSQL: stopping it is
-// the engine going away for the store behind it (new connections refused,
-// open ones cut), without touching the server other tests share.
-type pgProxy struct {
-	t      testing.TB
-	target string
-	addr   string
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-func newPGProxy(t testing.TB, target string) *pgProxy {
-	p := &pgProxy{t: t, target: target, conns: map[net.Conn]struct{}{}}
-	p.start("127.0.0.1:0")
-	t.Cleanup(p.stop)
-	return p
-}
-
-func (p *pgProxy) start(addr string) {
-	var ln net.Listener
-	var err error
-	for i := 0; i < 50; i++ { // the port may linger briefly after stop
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.ln, p.addr = ln, ln.Addr().String()
-	p.mu.Unlock()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-			p.mu.Unlock()
-			p.wg.Add(2)
-			pipe := func(dst, src net.Conn) {
-				defer p.wg.Done()
-				_, _ = io.Copy(dst, src)
-				_ = dst.Close()
-				_ = src.Close()
-			}
-			go pipe(up, c)
-			go pipe(c, up)
-		}
-	}()
-}
-
-func (p *pgProxy) stop() {
-	p.mu.Lock()
-	if p.ln != nil {
-		_ = p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		_ = c.Close()
-		delete(p.conns, c)
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
 // viaProxy rewrites u to go through the proxy.
-func viaProxy(t testing.TB, u string) (*pgProxy, string) {
+func viaProxy(t testing.TB, u string) (*testutil.CutProxy, string) {
 	cfg, err := pgx.ParseConfig(u)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPGProxy(t, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
-	return p, strings.Replace(u, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port), p.addr, 1)
+	p := testutil.NewCutProxy(t, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
+	return p, strings.Replace(u, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port), p.Addr(), 1)
 }
 
 // TestPGEngineDownMidRun: the engine goes away under a running store and
@@ -494,7 +414,7 @@ func TestPGEngineDownMidRun(t *testing.T) {
 		t.Fatalf("before: %q", got)
 	}
 
-	proxy.stop()
+	proxy.Down()
 	for _, call := range []struct {
 		name string
 		f    func(ctx context.Context) error
@@ -524,7 +444,7 @@ func TestPGEngineDownMidRun(t *testing.T) {
 		t.Fatalf("service with the engine down: %#v", r)
 	}
 
-	proxy.start(proxy.addr) // the engine is back at the same address
+	proxy.Up() // the engine is back at the same address
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		res, err := s.Search(bg, "ali")
