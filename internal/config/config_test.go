@@ -39,7 +39,7 @@ func TestDefaults(t *testing.T) {
 		{"MaxConnsPerIP", c.MaxConnsPerIP, 64},
 		{"IdleConnTimeout", c.IdleConnTimeout, 5 * time.Minute},
 		{"MaxReservationsPerPeer", c.MaxReservationsPerPeer, 4},
-		{"MaxCircuits", c.MaxCircuits, 16},
+		{"MaxCircuits", c.MaxCircuits, 1250},
 		{"MaxCircuitsPerPeer", c.MaxCircuitsPerPeer, 4},
 		{"CircuitDuration", c.CircuitDuration, 2 * time.Minute},
 		{"CircuitBytes", c.CircuitBytes, int64(131072)},

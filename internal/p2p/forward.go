@@ -61,6 +61,16 @@ func (n *Node) forward(s network.Stream, src, dst peer.ID) bool {
 	if _, err := s.Conn().RemoteMultiaddr().ValueForProtocol(ma.P_CIRCUIT); err == nil {
 		return false
 	}
+	// The source's address prefix pays for a mesh circuit as for a local
+	// one; the forwarder takes the total slot.
+	key := addrKey(s.Conn().RemoteMultiaddr())
+	if !n.takePrefixCircuit(key) {
+		n.m.circuitReqs.WithLabelValues("refused").Inc()
+		refuse(s, pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
+		n.tr.ConnectionRequestHandled(pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
+		return true
+	}
+	defer n.givePrefixCircuit(key)
 	st, splice, handled := n.fwd.Forward(s, src, dst)
 	if !handled {
 		return false

@@ -3,6 +3,7 @@ package p2p
 import (
 	"encoding/binary"
 	"io"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/util"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/duskchat/dusk-relay/internal/netkey"
 )
 
 // maxHopMessage is the relay's own cap on hop messages.
@@ -84,17 +87,21 @@ func (n *Node) handleHop(s network.Stream, inner network.StreamHandler) {
 		if n.forward(s, src, dst) { // reserved at another relay of the cluster
 			return
 		}
-		if !n.acquireCircuit() {
+		key := addrKey(s.Conn().RemoteMultiaddr())
+		if !n.acquireCircuitFrom(key) {
 			n.m.circuitReqs.WithLabelValues("refused").Inc()
-			n.log.Debug("circuit refused: relay at its circuit limit", zap.Stringer("src", src), zap.Stringer("dst", dst),
-				zap.Int("max_circuits", n.cfg.MaxCircuits))
+			if ce := n.log.Check(zap.DebugLevel, "circuit refused: relay or address at its circuit limit"); ce != nil {
+				ce.Write(zap.Stringer("src", src), zap.Stringer("dst", dst), zap.Stringer("addr", s.Conn().RemoteMultiaddr()),
+					zap.Int("max_circuits", n.cfg.MaxCircuits), zap.Int("max_circuits_per_ip", n.circPerIP))
+			}
 			refuse(s, pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
 			n.tr.ConnectionRequestHandled(pbv2.Status_RESOURCE_LIMIT_EXCEEDED)
 			return
 		}
+		hs.key = key
 		inner(hs)
 		if st := hs.result(); st != pbv2.Status_OK {
-			n.circuits.Add(-1)
+			n.releaseCircuitFrom(key)
 			n.m.circuitReqs.WithLabelValues("refused").Inc()
 			n.log.Debug("circuit refused", zap.Stringer("src", src), zap.Stringer("dst", dst), zap.Stringer("status", st))
 			return
@@ -106,6 +113,58 @@ func (n *Node) handleHop(s network.Stream, inner network.StreamHandler) {
 	default:
 		inner(hs)
 	}
+}
+
+// acquireCircuitFrom takes a slot of the source prefix's circuit cap
+// (circuitsPerIP; the zero prefix is exempt) and one of the total cap;
+// releaseCircuitFrom gives both back.
+func (n *Node) acquireCircuitFrom(key netip.Prefix) bool {
+	if !n.takePrefixCircuit(key) {
+		return false
+	}
+	if !n.acquireCircuit() {
+		n.givePrefixCircuit(key)
+		return false
+	}
+	return true
+}
+
+func (n *Node) releaseCircuitFrom(key netip.Prefix) {
+	n.circuits.Add(-1)
+	n.givePrefixCircuit(key)
+}
+
+func (n *Node) takePrefixCircuit(key netip.Prefix) bool {
+	if !key.IsValid() {
+		return true
+	}
+	n.circMu.Lock()
+	defer n.circMu.Unlock()
+	if n.circPerPrefix[key] >= n.circPerIP {
+		return false
+	}
+	n.circPerPrefix[key]++
+	return true
+}
+
+func (n *Node) givePrefixCircuit(key netip.Prefix) {
+	if !key.IsValid() {
+		return
+	}
+	n.circMu.Lock()
+	defer n.circMu.Unlock()
+	if c := n.circPerPrefix[key] - 1; c > 0 {
+		n.circPerPrefix[key] = c
+	} else {
+		delete(n.circPerPrefix, key)
+	}
+}
+
+// circuitsFrom is the number of circuits counted under a's prefix.
+func (n *Node) circuitsFrom(a netip.Addr) int {
+	n.circMu.Lock()
+	defer n.circMu.Unlock()
+	return n.circPerPrefix[netkey.Prefix(a)]
 }
 
 // acquireCircuit takes a slot of the total circuit cap (Rust's max_circuits).
@@ -181,6 +240,7 @@ type hopStream struct {
 	n        *Node
 	src, dst peer.ID
 	connect  bool
+	key      netip.Prefix // the source's address prefix, which holds a circuit slot
 
 	replay []byte // request bytes already read by us, handed to the relay first
 
@@ -252,6 +312,7 @@ func (h *hopStream) Close() error {
 		if !h.live.Load() {
 			return
 		}
+		h.n.givePrefixCircuit(h.key)
 		total := h.n.circuits.Add(-1)
 		if ce := h.n.log.Check(zap.DebugLevel, "circuit closed"); ce != nil {
 			ce.Write(zap.Stringer("src", h.src), zap.Stringer("dst", h.dst),

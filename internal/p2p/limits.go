@@ -64,6 +64,15 @@ func reservationsPerIP(c config.Relay) int {
 	return max(1, min(connsPerIP(c), max(2, maxReservations(c)/64)))
 }
 
+// circuitsPerIP caps the circuits whose source is one IPv4 address or IPv6
+// /56: a few addresses with many free identities (4 circuits each) must
+// not take every slot. A thirty-second of the total, and never less than
+// two peers' worth, so a household behind one NAT still gets circuits
+// under the Rust parity total (16: 8 per address).
+func circuitsPerIP(c config.Relay) int {
+	return max(2*c.MaxCircuitsPerPeer, c.MaxCircuits/32, 1)
+}
+
 func fdBudget(maxConns int) int { return maxConns + outboundSlack + fdSlack }
 
 // limitConfig starts from go-libp2p's auto-scaled defaults (with the

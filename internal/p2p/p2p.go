@@ -96,6 +96,10 @@ type Node struct {
 	rsvPerIP  int
 	rsvHook   ReservationHook // told of reservations, see rsvhook.go
 
+	circMu        sync.Mutex
+	circPerPrefix map[netip.Prefix]int // circuits per source IPv4 address / IPv6 /56, see hop.go
+	circPerIP     int
+
 	act                  *activity // last stream per peer, see idle.go
 	sweepStop, sweepDone chan struct{}
 
@@ -122,14 +126,20 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
+	if cfg.MaxCircuits <= 0 { // unset, as config.Load resolves it
+		cfg.MaxCircuits = config.DefaultMaxCircuits(cfg.MaxConns)
+	}
 	n := &Node{
 		log:       log,
 		cfg:       cfg,
 		reserved:  make(map[peer.ID]rsv),
 		perPrefix: make(map[netip.Prefix]int),
 		rsvPerIP:  reservationsPerIP(cfg),
-		act:       &activity{last: make(map[peer.ID]time.Time)},
-		m:         newMetrics(),
+
+		circPerPrefix: make(map[netip.Prefix]int),
+		circPerIP:     circuitsPerIP(cfg),
+		act:           &activity{last: make(map[peer.ID]time.Time)},
+		m:             newMetrics(),
 	}
 	var err error
 	if n.public, err = publicAddrs(opts.PublicIP, opts.PublicHost); err != nil {
@@ -247,6 +257,7 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		zap.Int("max_reservations", res.MaxReservations),
 		zap.Int("max_reservations_per_ip", n.rsvPerIP),
 		zap.Int("max_circuits", cfg.MaxCircuits),
+		zap.Int("max_circuits_per_ip", n.circPerIP),
 		zap.Int("max_circuits_per_peer", res.MaxCircuits),
 		zap.Duration("reservation_ttl", res.ReservationTTL),
 		zap.String("circuit_duration", unlimitedIfZero(cfg.CircuitDuration, cfg.CircuitDuration.String())),
