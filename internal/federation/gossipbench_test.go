@@ -156,17 +156,29 @@ func pct(d []time.Duration, p float64) time.Duration {
 func BenchmarkGossipHeartbeat(b *testing.B) {
 	const nClients, nMsgs, topic = 20, 20, "dusk/sync"
 	type cfg struct {
-		hb     time.Duration
-		factor float64
+		hb      time.Duration
+		factor  float64
+		history int // HistoryGossip = HistoryLength; 0: gossipsub's 3 / 5
 	}
 	var base time.Duration
 	for range b.N {
-		for _, c := range []cfg{{time.Second, 1}, {10 * time.Second, 1}, {time.Second, 0.25}, {10 * time.Second, 0.25}} {
+		// The last two spread the IHAVE burst over heartbeats (fewer
+		// clients per heartbeat, a longer window), README "Gossip".
+		for _, c := range []cfg{{time.Second, 1, 0}, {10 * time.Second, 1, 0}, {time.Second, 0.25, 0}, {10 * time.Second, 0.25, 0},
+			{time.Second, 0.25, 12}, {time.Second, 0.5, 6}} {
 			name := fmt.Sprintf("hb%s_gf%.2f", c.hb, c.factor)
+			if c.history > 0 {
+				name += fmt.Sprintf("_hist%d", c.history)
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			hR := newHost(b, nil, 0)
 			f, err := New(ctx, hR, config.Relay{}, zap.NewNop(), nil, WithRelayTopics(topic),
-				withParams(func(p *pubsub.GossipSubParams) { p.HeartbeatInterval, p.GossipFactor = c.hb, c.factor }))
+				withParams(func(p *pubsub.GossipSubParams) {
+					p.HeartbeatInterval, p.GossipFactor = c.hb, c.factor
+					if c.history > 0 {
+						p.HistoryGossip, p.HistoryLength = c.history, c.history
+					}
+				}))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -179,7 +191,7 @@ func BenchmarkGossipHeartbeat(b *testing.B) {
 				time.Sleep(500 * time.Millisecond)
 			}
 			// Wait for every delivery, at most HistoryGossip+1 heartbeats.
-			deadline := time.Now().Add(4*c.hb + 2*time.Second)
+			deadline := time.Now().Add(time.Duration(max(3, c.history)+1)*c.hb + 2*time.Second)
 			for time.Now().Before(deadline) {
 				done := true
 				for i := range nMsgs {
