@@ -774,3 +774,49 @@ func TestMeshManyCircuits(t *testing.T) {
 		return a.mesh.Circuits() == 200 && b.mesh.Circuits() == 200
 	})
 }
+
+// A circuit forwarded to another relay counts against its source address
+// at the first relay, as a local one does: strangers on one address cannot
+// take every circuit slot by asking for peers reserved elsewhere.
+func TestMeshPerAddressCap(t *testing.T) {
+	loc := &memLocator{at: map[peer.ID]peer.ID{}}
+	rs := cluster(t, 2, loc, func(_ int, c *config.Relay) {
+		c.MaxCircuits, c.MaxCircuitsPerPeer = 16, 4 // 8 per address
+	}, nil)
+	a, b := rs[0], rs[1]
+	var targets []host.Host
+	for range 3 {
+		x := newClient(t)
+		x.SetStreamHandler(echoProto, echoHandler(nil))
+		reserveAt(t, x, b)
+		loc.set(x.ID(), b.id)
+		targets = append(targets, x)
+	}
+	fromOneAddr := func() host.Host {
+		h, err := libp2p.New(
+			libp2p.ListenAddrStrings("/ip4/127.0.0.8/tcp/0"), // dials leave from the listen address (reuseport)
+			libp2p.Transport(tcp.NewTCPTransport),
+			libp2p.DisableMetrics(),
+		)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		return h
+	}
+	for i := range 8 {
+		resp, _ := hopConnect(t, fromOneAddr(), a, targets[i%3].ID())
+		if resp.GetStatus() != pbv2.Status_OK {
+			t.Fatalf("mesh circuit %d from 127.0.0.8: %v, want OK", i+1, resp.GetStatus())
+		}
+	}
+	// targets[2] holds 2 of its 4: only the address cap is left to refuse.
+	resp, _ := hopConnect(t, fromOneAddr(), a, targets[2].ID())
+	if resp.GetStatus() != pbv2.Status_RESOURCE_LIMIT_EXCEEDED {
+		t.Fatalf("9th mesh circuit from 127.0.0.8: %v, want RESOURCE_LIMIT_EXCEEDED", resp.GetStatus())
+	}
+	// Another address still gets one.
+	if resp, _ := hopConnect(t, newClient(t), a, targets[2].ID()); resp.GetStatus() != pbv2.Status_OK {
+		t.Fatalf("mesh circuit from 127.0.0.1: %v, want OK", resp.GetStatus())
+	}
+}
