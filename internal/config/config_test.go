@@ -308,3 +308,28 @@ func TestRendezvousTotalBelowPerAddr(t *testing.T) {
 		t.Fatalf("DUSK_RENDEZVOUS_MAX_BYTES=2097152 alone: %v", err)
 	}
 }
+
+// DUSK_RELAY_MAX_CIRCUITS follows DUSK_MAX_CONNECTIONS when unset, never
+// below the Rust relay's 16; a set value (the parity setting) is kept.
+func TestMaxCircuitsFollowsConnections(t *testing.T) {
+	for _, tc := range []struct {
+		conns, circuits string
+		want            int
+	}{
+		{"20000", "", 2500},
+		{"100", "", 16},
+		{"20000", "16", 16},
+	} {
+		clearEnv(t)
+		t.Setenv("DUSK_TURN_PUBLIC_IP", "203.0.113.7")
+		t.Setenv("DUSK_MAX_CONNECTIONS", tc.conns)
+		t.Setenv("DUSK_RELAY_MAX_CIRCUITS", tc.circuits)
+		c, err := Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.MaxCircuits != tc.want {
+			t.Errorf("connections %s, DUSK_RELAY_MAX_CIRCUITS=%q: %d circuits, want %d", tc.conns, tc.circuits, c.MaxCircuits, tc.want)
+		}
+	}
+}
