@@ -158,10 +158,13 @@ func cluster(t testing.TB, n int, loc Locator, tune func(i int, c *config.Relay)
 	return rs
 }
 
-func newClient(t testing.TB) host.Host {
+func newClient(t testing.TB) host.Host { return newClientAt(t, "127.0.0.1") }
+
+// newClientAt listens on ip; its dials leave from there (reuseport).
+func newClientAt(t testing.TB, ip string) host.Host {
 	t.Helper()
 	h, err := libp2p.New(
-		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.ListenAddrStrings("/ip4/"+ip+"/tcp/0"),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.DisableMetrics(),
 	)
@@ -792,26 +795,14 @@ func TestMeshPerAddressCap(t *testing.T) {
 		loc.set(x.ID(), b.id)
 		targets = append(targets, x)
 	}
-	fromOneAddr := func() host.Host {
-		h, err := libp2p.New(
-			libp2p.ListenAddrStrings("/ip4/127.0.0.8/tcp/0"), // dials leave from the listen address (reuseport)
-			libp2p.Transport(tcp.NewTCPTransport),
-			libp2p.DisableMetrics(),
-		)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { h.Close() })
-		return h
-	}
 	for i := range 8 {
-		resp, _ := hopConnect(t, fromOneAddr(), a, targets[i%3].ID())
+		resp, _ := hopConnect(t, newClientAt(t, "127.0.0.8"), a, targets[i%3].ID())
 		if resp.GetStatus() != pbv2.Status_OK {
 			t.Fatalf("mesh circuit %d from 127.0.0.8: %v, want OK", i+1, resp.GetStatus())
 		}
 	}
 	// targets[2] holds 2 of its 4: only the address cap is left to refuse.
-	resp, _ := hopConnect(t, fromOneAddr(), a, targets[2].ID())
+	resp, _ := hopConnect(t, newClientAt(t, "127.0.0.8"), a, targets[2].ID())
 	if resp.GetStatus() != pbv2.Status_RESOURCE_LIMIT_EXCEEDED {
 		t.Fatalf("9th mesh circuit from 127.0.0.8: %v, want RESOURCE_LIMIT_EXCEEDED", resp.GetStatus())
 	}
