@@ -120,6 +120,20 @@ func budgetExempt(src net.Addr) bool {
 	return netkey.Exempt(a)
 }
 
+// sameUser: the user a REST username ("<expiry>:<peer ID>") names is its
+// peer ID; the expiry changes every time the client fetches credentials,
+// and a client renewing its credentials keeps its allocation (RFC 8656 §5
+// is about another user, which another peer ID is: credentials are only
+// issued for the requesting peer). Other usernames compare whole.
+func sameUser(a, b string) bool {
+	if a == b {
+		return true
+	}
+	_, idA, errA := turnauth.Parse(a)
+	_, idB, errB := turnauth.Parse(b)
+	return errA == nil && errB == nil && idA == idB
+}
+
 // checkOwner answers 441 Wrong Credentials to a request with valid
 // credentials on an allocation created with another username (RFC 8656
 // §5): pion checks only that the credentials are valid, so any peer could
@@ -130,7 +144,7 @@ func (s *Server) checkOwner(m *stun.Message, t stun.MessageType, src net.Addr, u
 		return nil
 	}
 	owner, ok := s.gate.owners.get(src)
-	if !ok || owner == username {
+	if !ok || sameUser(owner, username) {
 		return nil
 	}
 	s.gate.wrongCreds.Add(1)

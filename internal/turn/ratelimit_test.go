@@ -11,6 +11,8 @@ import (
 
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
+
+	"github.com/duskchat/dusk-relay/internal/turnauth"
 )
 
 func TestAnswerLimiter(t *testing.T) {
@@ -98,6 +100,15 @@ func TestWrongCredentials441(t *testing.T) {
 			udp := stun.RawAttribute{Type: stun.AttrRequestedTransport, Value: []byte{17, 0, 0, 0}}
 			if m := r.roundTrip(t, append([]stun.Setter{alloc, udp}, r.auth(ub, pb)...)...); code(m) != 441 {
 				t.Fatalf("Allocate with another username: %v (code %d), want 441", m, code(m))
+			}
+			// The owner's fresh credentials (another expiry, same peer ID)
+			// are the owner's: it may renew them during a long call.
+			ua2, pa2 := turnauth.Issue(testSecret, peerA, time.Now().Add(time.Hour), time.Hour)
+			if ua2 == ua {
+				t.Fatal("test needs a second username for the same peer")
+			}
+			if m := r.roundTrip(t, append([]stun.Setter{refresh, lifetime(60)}, r.auth(ua2, pa2)...)...); m.Type.Class != stun.ClassSuccessResponse {
+				t.Fatalf("owner's Refresh with renewed credentials: %v (code %d)", m, code(m))
 			}
 			// The owner still refreshes (and deletes) it.
 			if m := r.roundTrip(t, append([]stun.Setter{refresh, lifetime(0)}, r.auth(ua, pa)...)...); m.Type.Class != stun.ClassSuccessResponse {
