@@ -70,7 +70,7 @@ type Relay struct {
 	MaxConns               int           `envconfig:"DUSK_MAX_CONNECTIONS" default:"10000" desc:"max established connections"`
 	PeerRelays             MultiaddrList `envconfig:"DUSK_PEER_RELAYS" desc:"comma list of the cluster's other relays (multiaddrs with /p2p/): federation, and the circuit mesh with DUSK_REDIS_URL; every relay lists every other"`
 	GossipClientTopics     TopicList     `envconfig:"DUSK_GOSSIP_CLIENT_TOPICS" default:"dusk/directory,dusk/sync" desc:"comma list of client gossipsub topics the relay subscribes and forwards (empty or off: none)"`
-	GossipClientBPS        int64         `envconfig:"DUSK_GOSSIP_CLIENT_BYTES_PER_SEC" default:"262144" desc:"client-topic bytes/s forwarded per sender address (IPv4 /32, IPv6 /56), 32 s burst; excess not forwarded (0: no limit)"`
+	GossipClientBPS        int64         `envconfig:"DUSK_GOSSIP_CLIENT_BYTES_PER_SEC" default:"262144" desc:"client-topic bytes/s forwarded per sender address (IPv4 /32, IPv6 /56), 32 s burst, a message counting at least 1 KiB; excess not forwarded (0: no limit)"`
 	MaxConnsPerIP          int           `envconfig:"DUSK_MAX_CONNECTIONS_PER_IP" default:"64" desc:"max libp2p connections per IPv4 address or IPv6 /56 (4x that per /48); 127.0.0.1 and ::1 are exempt"`
 	IdleConnTimeout        time.Duration `envconfig:"DUSK_IDLE_CONNECTION_TIMEOUT" default:"5m" desc:"close an inbound libp2p connection after this long without a stream while its peer holds no reservation (0 = never)"`
 	MaxReservations        int           `envconfig:"DUSK_RELAY_MAX_RESERVATIONS" desc:"relay v2: max reservations in total (default: DUSK_MAX_CONNECTIONS; the Rust relay used 128)"`

@@ -21,7 +21,16 @@ const (
 	// maxBuckets bounds the limiter's memory (ratelimit.Sweep: refilled
 	// buckets are dropped first, a full bucket being the same as none).
 	maxBuckets = 1 << 16
+	// minMessageCost is what a message costs the sender's budget at the
+	// least: every forwarded message costs the relay an RPC per receiving
+	// client whatever its size, so at 256 KiB/s a sender gets at most 256
+	// tiny messages a second, not 262,144 one-byte ones. The app's own
+	// small messages (RequestSync, ProfileAnnounce) come a few a minute.
+	minMessageCost = 1024
 )
+
+// messageCost is what a message of n bytes takes from its sender's budget.
+func messageCost(n int) float64 { return float64(max(n, minMessageCost)) }
 
 // clientLimiter bounds the client-topic bytes the relay accepts for
 // forwarding from one sender's address prefix (IPv4 /32, IPv6 /56).
@@ -62,7 +71,7 @@ func (l *clientLimiter) validate(_ context.Context, from peer.ID, msg *pubsub.Me
 		l.onDrop(msg.GetTopic())
 		return pubsub.ValidationIgnore
 	}
-	if !l.take(key, float64(len(msg.Data))) {
+	if !l.take(key, messageCost(len(msg.Data))) {
 		l.onDrop(msg.GetTopic())
 		return pubsub.ValidationIgnore
 	}

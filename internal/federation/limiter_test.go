@@ -68,6 +68,29 @@ func hostOn(t testing.TB, ip string) host.Host {
 	return h
 }
 
+// Tiny messages cost at least minMessageCost each: a sender cannot turn
+// its byte budget into hundreds of thousands of messages a second.
+func TestTinyMessagesCostAtLeastMinimum(t *testing.T) {
+	if got := messageCost(1); got != minMessageCost {
+		t.Fatalf("messageCost(1) = %v, want %d", got, minMessageCost)
+	}
+	if got := messageCost(5000); got != 5000 {
+		t.Fatalf("messageCost(5000) = %v, want 5000", got)
+	}
+	l := newClientLimiter(nil, "", nil, 1000, func(string) {}) // burst 32,000 B
+	a := netip.MustParsePrefix("198.51.100.7/32")
+	sent := 0
+	for range 1000 {
+		if !l.take(a, messageCost(1)) {
+			break
+		}
+		sent++
+	}
+	if want := 32000 / minMessageCost; sent != want {
+		t.Fatalf("%d one-byte messages fit a 32,000 B burst, want %d", sent, want)
+	}
+}
+
 // TestClientRateLimit: a sender floods dusk/sync from one address; the
 // relay forwards its burst and then stops forwarding its messages
 // (counted), while a client on another address is still forwarded.
