@@ -135,29 +135,15 @@ func (n *Node) releaseCircuitFrom(key netip.Prefix) {
 }
 
 func (n *Node) takePrefixCircuit(key netip.Prefix) bool {
-	if !key.IsValid() {
-		return true
-	}
 	n.circMu.Lock()
 	defer n.circMu.Unlock()
-	if n.circPerPrefix[key] >= n.circPerIP {
-		return false
-	}
-	n.circPerPrefix[key]++
-	return true
+	return n.circPerPrefix.take(key, n.circPerIP)
 }
 
 func (n *Node) givePrefixCircuit(key netip.Prefix) {
-	if !key.IsValid() {
-		return
-	}
 	n.circMu.Lock()
 	defer n.circMu.Unlock()
-	if c := n.circPerPrefix[key] - 1; c > 0 {
-		n.circPerPrefix[key] = c
-	} else {
-		delete(n.circPerPrefix, key)
-	}
+	n.circPerPrefix.give(key)
 }
 
 // circuitsFrom is the number of circuits counted under a's prefix.

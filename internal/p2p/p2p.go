@@ -22,7 +22,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,13 +90,13 @@ type Node struct {
 	fwd          Forwarder // CONNECTs for peers reserved elsewhere, see forward.go
 
 	rsvMu     sync.Mutex
-	reserved  map[peer.ID]rsv      // see reserve.go
-	perPrefix map[netip.Prefix]int // reservations per IPv4 address / IPv6 /56
+	reserved  map[peer.ID]rsv // see reserve.go
+	perPrefix prefixCounts    // reservations per IPv4 address / IPv6 /56
 	rsvPerIP  int
 	rsvHook   ReservationHook // told of reservations, see rsvhook.go
 
 	circMu        sync.Mutex
-	circPerPrefix map[netip.Prefix]int // circuits per source IPv4 address / IPv6 /56, see hop.go
+	circPerPrefix prefixCounts // circuits per source IPv4 address / IPv6 /56, see hop.go
 	circPerIP     int
 
 	act                  *activity // last stream per peer, see idle.go
@@ -133,10 +132,10 @@ func New(ctx context.Context, cfg config.Relay, opts Options, key crypto.PrivKey
 		log:       log,
 		cfg:       cfg,
 		reserved:  make(map[peer.ID]rsv),
-		perPrefix: make(map[netip.Prefix]int),
+		perPrefix: make(prefixCounts),
 		rsvPerIP:  reservationsPerIP(cfg),
 
-		circPerPrefix: make(map[netip.Prefix]int),
+		circPerPrefix: make(prefixCounts),
 		circPerIP:     circuitsPerIP(cfg),
 		act:           &activity{last: make(map[peer.ID]time.Time)},
 		m:             newMetrics(),

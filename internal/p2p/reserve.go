@@ -22,6 +22,34 @@ type rsv struct {
 	key netip.Prefix
 }
 
+// prefixCounts counts what each address prefix holds (reservations,
+// circuits); the caller holds the lock that guards it. The zero prefix
+// (exempt, see addrKey) is never counted.
+type prefixCounts map[netip.Prefix]int
+
+// take counts one more for key unless key already holds limit.
+func (c prefixCounts) take(key netip.Prefix, limit int) bool {
+	if !key.IsValid() {
+		return true
+	}
+	if c[key] >= limit {
+		return false
+	}
+	c[key]++
+	return true
+}
+
+func (c prefixCounts) give(key netip.Prefix) {
+	if !key.IsValid() {
+		return
+	}
+	if n := c[key] - 1; n > 0 {
+		c[key] = n
+	} else {
+		delete(c, key)
+	}
+}
+
 // addrKey is the prefix a connection's reservations are counted under
 // (netkey.Prefix). The zero prefix (no IP, e.g. a relayed connection, or
 // 127.0.0.1 and ::1, exempt as from the connection caps: netkey.Exempt)
@@ -49,13 +77,10 @@ func (n *Node) admitReservation(p peer.ID, remote ma.Multiaddr) (renewal, ok boo
 	if old, held := n.reserved[p]; held { // expired, not yet swept
 		n.dropLocked(p, old)
 	}
-	if key.IsValid() && n.perPrefix[key] >= n.rsvPerIP {
+	if !n.perPrefix.take(key, n.rsvPerIP) {
 		return false, false
 	}
 	n.reserved[p] = rsv{exp: now.Add(n.cfg.ReservationTTL), key: key}
-	if key.IsValid() {
-		n.perPrefix[key]++
-	}
 	return false, true
 }
 
@@ -89,14 +114,7 @@ func (n *Node) dropLocked(p peer.ID, r rsv) {
 	if n.rsvHook != nil {
 		n.rsvHook.OnEnd(p)
 	}
-	if !r.key.IsValid() {
-		return
-	}
-	if c := n.perPrefix[r.key] - 1; c > 0 {
-		n.perPrefix[r.key] = c
-	} else {
-		delete(n.perPrefix, r.key)
-	}
+	n.perPrefix.give(r.key)
 }
 
 // dropReservation forgets p's reservation (its last connection closed:
