@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -24,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/util"
@@ -192,6 +194,113 @@ func TestHostileReservationsPerAddress(t *testing.T) {
 		}
 	}
 	honestReserves(t, d, "127.0.0.50")
+}
+
+// lightTarget is a light identity from 127.0.0.1 that holds a reservation
+// and accepts every circuit the relay brings it (answers STOP with OK and
+// reads until the circuit ends).
+func lightTarget(ctx context.Context, t *testing.T, d *daemon) *lightpeer.Conn {
+	t.Helper()
+	stop := func(s network.MuxedStream) {
+		defer s.Close()
+		var req pbv2.StopMessage
+		if err := util.NewDelimitedReader(s, 4096).ReadMsg(&req); err != nil {
+			return
+		}
+		ok := pbv2.StopMessage{Type: pbv2.StopMessage_STATUS.Enum(), Status: pbv2.Status_OK.Enum()}
+		if util.NewDelimitedWriter(s).WriteMsg(&ok) != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, s)
+	}
+	c, err := lightpeer.DialWith(ctx, nil, d.addrs[0], d.peerID, lightpeer.Options{
+		Local:    ma.StringCast("/ip4/127.0.0.1/tcp/0"),
+		Handlers: map[protocol.ID]lightpeer.Handler{"/libp2p/circuit/relay/0.2.0/stop": stop},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := lightReserveHop(ctx, c); err != nil || st != pbv2.Status_OK {
+		t.Fatalf("target reserve: %v %v", st, err)
+	}
+	return c
+}
+
+// lightConnectHop sends a relay v2 CONNECT for dst on c; on OK the stream
+// (the circuit) is left open.
+func lightConnectHop(ctx context.Context, c *lightpeer.Conn, dst peer.ID) (pbv2.Status, error) {
+	s, err := c.Stream(ctx, hopProtocol)
+	if err != nil {
+		return 0, err
+	}
+	req := pbv2.HopMessage{Type: pbv2.HopMessage_CONNECT.Enum(), Peer: &pbv2.Peer{Id: []byte(dst)}}
+	if err := util.NewDelimitedWriter(s).WriteMsg(&req); err != nil {
+		_ = s.Reset()
+		return 0, err
+	}
+	var resp pbv2.HopMessage
+	if err := util.NewDelimitedReader(s, 4096).ReadMsg(&resp); err != nil {
+		_ = s.Reset()
+		return 0, err
+	}
+	if resp.GetStatus() != pbv2.Status_OK {
+		_ = s.Close()
+	}
+	return resp.GetStatus(), nil
+}
+
+// Attack: 20 addresses, each with 12 free identities, open circuits to
+// 60 reserved targets (4 each, the per-peer cap). Without a per-address
+// cap they would take 240 of the relay's 320 circuits; each address now
+// gets max(2 x 4, 320/32) = 10, and a client from another address still
+// gets a circuit.
+func TestHostileCircuitsPerAddress(t *testing.T) {
+	d := startDaemon(t, append(testEnv(t.TempDir()), "DUSK_RELAY_MAX_CIRCUITS=320"))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var held []*lightpeer.Conn
+	defer func() { d.stop(); closeLight(held) }() // the daemon first: see TestCapacity1000Reservations
+	var targets []peer.ID
+	for range 61 {
+		c := lightTarget(ctx, t, d)
+		held = append(held, c)
+		targets = append(targets, c.ID)
+	}
+	granted := map[string]int{}
+	next := 0
+	for a := 2; a < 22; a++ {
+		ip := fmt.Sprintf("127.0.0.%d", a)
+		cs := dialMany(ctx, d, ip, 12)
+		held = append(held, cs...)
+		for _, c := range cs {
+			st, err := lightConnectHop(ctx, c, targets[next%60])
+			next++
+			if err == nil && st == pbv2.Status_OK {
+				granted[ip]++
+			}
+		}
+	}
+	t.Logf("circuits granted per attacker address: %v", granted)
+	full := 0
+	for ip, n := range granted {
+		if n > 10 {
+			t.Errorf("%s holds %d circuits, cap 10", ip, n)
+		}
+		if n == 10 {
+			full++
+		}
+	}
+	if full == 0 {
+		t.Fatal("no attacker address reached its cap: the attack did not run")
+	}
+	honest, err := lightFromIP(ctx, d, "127.0.0.60")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held = append(held, honest)
+	if st, err := lightConnectHop(ctx, honest, targets[60]); err != nil || st != pbv2.Status_OK {
+		t.Fatalf("honest client's circuit: %v %v", st, err)
+	}
 }
 
 // Attack: connections that never open a stream. Before, they were kept
