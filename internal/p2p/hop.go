@@ -129,9 +129,9 @@ func (n *Node) acquireCircuitFrom(key netip.Prefix) bool {
 	return true
 }
 
-func (n *Node) releaseCircuitFrom(key netip.Prefix) {
-	n.circuits.Add(-1)
+func (n *Node) releaseCircuitFrom(key netip.Prefix) (circuits int64) {
 	n.givePrefixCircuit(key)
+	return n.circuits.Add(-1)
 }
 
 func (n *Node) takePrefixCircuit(key netip.Prefix) bool {
@@ -298,8 +298,7 @@ func (h *hopStream) Close() error {
 		if !h.live.Load() {
 			return
 		}
-		h.n.givePrefixCircuit(h.key)
-		total := h.n.circuits.Add(-1)
+		total := h.n.releaseCircuitFrom(h.key)
 		if ce := h.n.log.Check(zap.DebugLevel, "circuit closed"); ce != nil {
 			ce.Write(zap.Stringer("src", h.src), zap.Stringer("dst", h.dst),
 				zap.Duration("duration", time.Since(h.opened).Round(time.Millisecond)),
