@@ -43,6 +43,9 @@ const (
 	// recheckInterval re-checks a connected peer relay in case a
 	// disconnect event was missed.
 	recheckInterval = 30 * time.Second
+	// topicPeersTTL: how long Publish trusts its last look at Topic's
+	// peers. A relay that just joined misses at most this much gossip.
+	topicPeersTTL = time.Second
 
 	// Field caps for federation gossip: a peer id string is at most ~60
 	// characters, a rendezvous namespace at most 255 bytes (libp2p
@@ -154,7 +157,11 @@ type Federation struct {
 	sub       *pubsub.Subscription
 	evSub     event.Subscription
 	queue     chan Gossip
-	wake      map[peer.ID]chan struct{}
+	repeats   *repeats
+	// A cached answer of hasTopicPeers and when it was taken.
+	topicPeers   atomic.Bool
+	topicPeersAt atomic.Int64
+	wake         map[peer.ID]chan struct{}
 
 	mu     sync.Mutex
 	online map[peer.ID]bool
@@ -182,14 +189,15 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 		return nil, fmt.Errorf("federation: DUSK_PEER_RELAYS: %w", err)
 	}
 	f := &Federation{
-		h:      h,
-		log:    log,
-		self:   h.ID(),
-		opts:   o,
-		m:      newMetrics(reg, log),
-		queue:  make(chan Gossip, QueueSize),
-		wake:   make(map[peer.ID]chan struct{}),
-		online: make(map[peer.ID]bool),
+		h:       h,
+		log:     log,
+		self:    h.ID(),
+		opts:    o,
+		m:       newMetrics(reg, log),
+		queue:   make(chan Gossip, QueueSize),
+		repeats: newRepeats(),
+		wake:    make(map[peer.ID]chan struct{}),
+		online:  make(map[peer.ID]bool),
 
 		members: make(map[peer.ID]struct{}),
 	}
@@ -327,21 +335,47 @@ func New(ctx context.Context, h host.Host, cfg config.Relay, log *zap.Logger, re
 }
 
 // Publish gossips a registration accepted by this relay. It never blocks:
-// when the queue is full the registration is dropped and counted. With no
-// peer relays it is a cheap no-op for the network (no warning).
+// when the queue is full the registration is dropped and counted. It is
+// skipped (and counted) while no peer subscribed to Topic is connected, as
+// nobody would receive it, and when the same peer and namespace were
+// gossiped less than RepublishAfter ago (repeats.go).
 func (f *Federation) Publish(p peer.ID, ns string, ttl time.Duration) {
 	if f.closed.Load() {
 		f.m.dropped.Inc()
+		return
+	}
+	if !f.hasTopicPeers(time.Now()) {
+		f.m.skippedOffline.Inc()
+		return
+	}
+	if !f.repeats.due(p, ns, time.Now()) {
+		f.m.skippedRepeat.Inc()
 		return
 	}
 	g := Gossip{PeerID: p.String(), Namespace: ns, TTL: uint64(max(ttl, 0) / time.Second), SourceRelay: f.self.String()}
 	select {
 	case f.queue <- g:
 	default:
+		f.repeats.forget(p, ns)
 		f.m.dropped.Inc()
 		f.log.Debug("federation queue full, registration not gossiped",
 			zap.String("namespace", ns), zap.Stringer("peer", p))
 	}
+}
+
+// hasTopicPeers reports whether any connected peer is subscribed to
+// Topic, asking the router at most once per topicPeersTTL: registrations
+// arrive far more often than relays come and go, and each question is a
+// round trip through the router's event loop.
+func (f *Federation) hasTopicPeers(now time.Time) bool {
+	t := now.UnixNano()
+	if last := f.topicPeersAt.Load(); last != 0 && t-last >= 0 && t-last < int64(topicPeersTTL) {
+		return f.topicPeers.Load()
+	}
+	has := len(f.topic.ListPeers()) > 0
+	f.topicPeers.Store(has)
+	f.topicPeersAt.Store(t)
+	return has
 }
 
 // OnlinePeerRelays reports how many configured peer relays are connected.
@@ -640,6 +674,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 type metrics struct {
 	published, dropped, publishErr, received, malformed, foreign prometheus.Counter
+	skipped                                                      *prometheus.CounterVec
+	skippedOffline, skippedRepeat                                prometheus.Counter
 	online, configured                                           prometheus.Gauge
 	gossip                                                       gossipMetrics
 }
@@ -662,10 +698,14 @@ func newMetrics(reg prometheus.Registerer, log *zap.Logger) *metrics {
 		configured: g("peer_relays_configured", "peer relays listed in DUSK_PEER_RELAYS"),
 		gossip:     newGossipMetrics(),
 	}
+	m.skipped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "dusk", Subsystem: "federation", Name: "publish_skipped_total",
+		Help: "registrations not gossiped: no peer subscribed to the federation topic (reason offline), or the same peer and namespace gossiped less than 10 min ago (repeat)"},
+		[]string{"reason"})
+	m.skippedOffline, m.skippedRepeat = m.skipped.WithLabelValues("offline"), m.skipped.WithLabelValues("repeat")
 	if reg == nil {
 		return m
 	}
-	for _, col := range append([]prometheus.Collector{m.published, m.dropped, m.publishErr, m.received, m.malformed, m.foreign, m.online, m.configured}, m.gossip.collectors()...) {
+	for _, col := range append([]prometheus.Collector{m.published, m.dropped, m.publishErr, m.skipped, m.received, m.malformed, m.foreign, m.online, m.configured}, m.gossip.collectors()...) {
 		if err := reg.Register(col); err != nil {
 			log.Warn("federation metrics not registered", zap.Error(err))
 		}

@@ -152,7 +152,7 @@ func receive(t *testing.T, r *relay, ns string) Gossip {
 	for {
 		select {
 		case g := <-r.got:
-			if g.Namespace == ns {
+			if ns == "" || g.Namespace == ns { // "": the next one, whatever it is
 				return g
 			}
 		case <-deadline:
@@ -367,8 +367,9 @@ func TestWireFormatAndMalformed(t *testing.T) {
 	}
 }
 
-// TestStandaloneQuiet: without peer relays, publishing many registrations
-// logs no warning, never blocks, and Publish after Close is a counted drop.
+// TestStandaloneQuiet: without peer relays, registrations are not
+// gossiped at all (nobody subscribed: no signing, no queue), nothing is
+// logged as a warning, and Publish after Close is a counted drop.
 func TestStandaloneQuiet(t *testing.T) {
 	k := newKey(t)
 	a := start(t, k, newHost(t, k, 0))
@@ -377,9 +378,12 @@ func TestStandaloneQuiet(t *testing.T) {
 	for i := range n {
 		a.f.Publish(id, fmt.Sprint("ns", i), 2*time.Hour)
 	}
-	waitFor(t, "queue drained", func() bool {
-		return metricValue(a.f.m.published)+metricValue(a.f.m.dropped)+metricValue(a.f.m.publishErr) == n
-	})
+	if got := metricValue(a.f.m.skippedOffline); got != n {
+		t.Fatalf("skipped (offline) = %v, want %d", got, n)
+	}
+	if got := metricValue(a.f.m.published) + metricValue(a.f.m.dropped) + metricValue(a.f.m.publishErr); got != 0 {
+		t.Fatalf("published+dropped+errors = %v, want 0", got)
+	}
 	if w := a.logs.FilterLevelExact(zapcore.WarnLevel).Len(); w != 0 {
 		t.Fatalf("standalone relay logged %d warnings: %v", w, a.logs.FilterLevelExact(zapcore.WarnLevel).All())
 	}
@@ -389,6 +393,95 @@ func TestStandaloneQuiet(t *testing.T) {
 	a.f.Publish(id, "late", time.Hour)
 	if got := metricValue(a.f.m.dropped); got != before+1 {
 		t.Fatalf("dropped after Close = %v, want %v", got, before+1)
+	}
+}
+
+// TestRepeatsNotRegossiped: a client re-registering the same namespaces
+// (the app does every 120 s) is gossiped once per RepublishAfter; another
+// namespace or another peer still goes out at once, and the receiving
+// relay sees exactly the first of each.
+func TestRepeatsNotRegossiped(t *testing.T) {
+	kA, kB := newKey(t), newKey(t)
+	hA, hB := newHost(t, kA, 0), newHost(t, kB, 0)
+	a := start(t, kA, hA, addr(t, hB))
+	b := start(t, kB, hB, addr(t, hA))
+	waitFor(t, "peer relays online", func() bool { return online(a) == 1 && online(b) == 1 })
+	meshReady(t, [2]*relay{a, b}, [2]*relay{b, a})
+
+	p1, _ := peer.IDFromPrivateKey(newKey(t))
+	p2, _ := peer.IDFromPrivateKey(newKey(t))
+	for range 5 {
+		a.f.Publish(p1, "dusk/peers", 2*time.Hour)
+	}
+	a.f.Publish(p1, "dusk/peer/"+p1.String(), 2*time.Hour)
+	a.f.Publish(p2, "dusk/peers", 2*time.Hour)
+	a.f.Publish(p2, "last", 2*time.Hour)
+	var got []Gossip
+	for {
+		g := receive(t, b, "")
+		got = append(got, g)
+		if g.Namespace == "last" {
+			break
+		}
+	}
+	want := []Gossip{
+		{PeerID: p1.String(), Namespace: "dusk/peers"},
+		{PeerID: p1.String(), Namespace: "dusk/peer/" + p1.String()},
+		{PeerID: p2.String(), Namespace: "dusk/peers"},
+		{PeerID: p2.String(), Namespace: "last"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("B received %d registrations, want %d: %+v", len(got), len(want), got)
+	}
+	for i, g := range got {
+		if g.PeerID != want[i].PeerID || g.Namespace != want[i].Namespace {
+			t.Errorf("B received #%d %s %q, want %s %q", i, g.PeerID, g.Namespace, want[i].PeerID, want[i].Namespace)
+		}
+	}
+	if got := metricValue(a.f.m.skippedRepeat); got != 4 {
+		t.Errorf("skipped (repeat) = %v, want 4", got)
+	}
+	if got := metricValue(a.f.m.published); got != 4 {
+		t.Errorf("published = %v, want 4", got)
+	}
+}
+
+func TestRepeatsWindowAndBound(t *testing.T) {
+	r := newRepeats()
+	p, _ := peer.IDFromPrivateKey(newKey(t))
+	t0 := time.Unix(1_800_000_000, 0)
+	if !r.due(p, "ns", t0) {
+		t.Fatal("first registration not due")
+	}
+	if r.due(p, "ns", t0.Add(RepublishAfter-time.Second)) {
+		t.Fatal("repeat within the window is due")
+	}
+	if !r.due(p, "ns", t0.Add(RepublishAfter)) {
+		t.Fatal("repeat after the window is not due")
+	}
+	// A clock stepping back does not silence a key for longer.
+	if !r.due(p, "ns", t0.Add(-time.Hour)) {
+		t.Fatal("repeat with the clock stepped back is not due")
+	}
+	// Split between peer and namespace is part of the key.
+	if !r.due(p, "nsx", t0) || !r.due(peer.ID(string(p)+"n"), "sx", t0) {
+		t.Fatal("different (peer, namespace) pairs share a key")
+	}
+	r.forget(p, "nsx")
+	if !r.due(p, "nsx", t0.Add(time.Second)) {
+		t.Fatal("forgotten key is not due")
+	}
+	// The table stays within its bound however many keys arrive.
+	for i := range repeatKeys + 1000 {
+		r.due(p, fmt.Sprint(i), t0)
+	}
+	if n := len(r.cur) + len(r.prev); n > repeatKeys {
+		t.Fatalf("table holds %d keys, bound %d", n, repeatKeys)
+	}
+	// A key seen in the previous generation is still remembered.
+	last := fmt.Sprint(repeatKeys + 999)
+	if r.due(p, last, t0.Add(time.Minute)) {
+		t.Fatal("recent key forgotten")
 	}
 }
 
