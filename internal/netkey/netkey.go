@@ -17,6 +17,26 @@ import (
 // IPv6Bits is the prefix length IPv6 sources are aggregated to.
 const IPv6Bits = 56
 
+// IPv6WideBits is a second, wider IPv6 aggregate: a /48 is what some ISPs
+// and most hosting providers give one customer, who would otherwise count
+// as 256 sources of /56. Pools that are scarce relay-wide (connections,
+// reservations, circuits) also cap each /48 at WideFactor times the
+// per-prefix cap.
+const (
+	IPv6WideBits = 48
+	WideFactor   = 4
+)
+
+// Wide is the /48 an IPv6 budget key (from Prefix) also counts under;
+// false for IPv4 keys and the zero Prefix.
+func Wide(p netip.Prefix) (netip.Prefix, bool) {
+	if !p.IsValid() || !p.Addr().Is6() || p.Bits() < IPv6WideBits {
+		return netip.Prefix{}, false
+	}
+	w, err := p.Addr().Prefix(IPv6WideBits)
+	return w, err == nil
+}
+
 // Prefix is a's budget key: a/32 for IPv4 (IPv4-mapped IPv6 included),
 // its /56 for IPv6, without zone. The zero Prefix for an invalid a.
 func Prefix(a netip.Addr) netip.Prefix {

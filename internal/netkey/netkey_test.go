@@ -104,3 +104,23 @@ func TestFromNetAddrAllocs(t *testing.T) {
 		t.Errorf("%v allocs", n)
 	}
 }
+
+func TestWide(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string // want "" = no wide key
+	}{
+		{"2001:db8:1:100::1", "2001:db8:1::/48"},
+		{"2001:db8:1:ff00::1", "2001:db8:1::/48"},
+		{"2001:db8:2:100::1", "2001:db8:2::/48"},
+		{"203.0.113.7", ""},
+		{"::ffff:203.0.113.7", ""},
+	} {
+		w, ok := Wide(Prefix(netip.MustParseAddr(tc.in)))
+		if got := map[bool]string{true: w.String(), false: ""}[ok]; got != tc.want {
+			t.Errorf("Wide(Prefix(%s)) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if _, ok := Wide(netip.Prefix{}); ok {
+		t.Error("Wide of the zero prefix is valid")
+	}
+}

@@ -199,7 +199,7 @@ func newResourceManager(c config.Relay, noMetrics bool, cluster ...protocol.ID) 
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: perIP}},
 			[]rcmgr.ConnLimitPerSubnet{
 				{PrefixLength: netkey.IPv6Bits, ConnCount: perIP},
-				{PrefixLength: 48, ConnCount: 4 * perIP},
+				{PrefixLength: netkey.IPv6WideBits, ConnCount: netkey.WideFactor * perIP},
 			}),
 		rcmgr.WithConnRateLimiters(connRateLimiter(perIP)),
 	}
@@ -222,7 +222,7 @@ func connRateLimiter(perIP int) *rate.Limiter {
 			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: rate.Limit{RPS: 2, Burst: perIP}}},
 			IPv6SubnetLimits: []rate.SubnetLimit{
 				{PrefixLength: netkey.IPv6Bits, Limit: rate.Limit{RPS: 2, Burst: perIP}},
-				{PrefixLength: 48, Limit: rate.Limit{RPS: 5, Burst: 4 * perIP}},
+				{PrefixLength: netkey.IPv6WideBits, Limit: rate.Limit{RPS: 5, Burst: netkey.WideFactor * perIP}},
 			},
 			GracePeriod: time.Minute,
 		},

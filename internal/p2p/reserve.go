@@ -24,16 +24,24 @@ type rsv struct {
 
 // prefixCounts counts what each address prefix holds (reservations,
 // circuits); the caller holds the lock that guards it. The zero prefix
-// (exempt, see addrKey) is never counted.
+// (exempt, see addrKey) is never counted. An IPv6 key also counts under
+// its /48, capped at netkey.WideFactor times the per-key limit.
 type prefixCounts map[netip.Prefix]int
 
-// take counts one more for key unless key already holds limit.
+// take counts one more for key unless key (or its /48) already holds its
+// limit.
 func (c prefixCounts) take(key netip.Prefix, limit int) bool {
 	if !key.IsValid() {
 		return true
 	}
 	if c[key] >= limit {
 		return false
+	}
+	if wide, ok := netkey.Wide(key); ok {
+		if c[wide] >= netkey.WideFactor*limit {
+			return false
+		}
+		c[wide]++
 	}
 	c[key]++
 	return true
@@ -43,6 +51,13 @@ func (c prefixCounts) give(key netip.Prefix) {
 	if !key.IsValid() {
 		return
 	}
+	c.dec(key)
+	if wide, ok := netkey.Wide(key); ok {
+		c.dec(wide)
+	}
+}
+
+func (c prefixCounts) dec(key netip.Prefix) {
 	if n := c[key] - 1; n > 0 {
 		c[key] = n
 	} else {
