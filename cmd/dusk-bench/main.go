@@ -3,6 +3,7 @@
 // this process and prints one short table per subcommand.
 //
 //	dusk-bench turn        TURN relayed UDP throughput, loss, CPU vs coturn
+//	dusk-bench uclient     TURN under coturn's turnutils_uclient (1,000 sessions): loss, RTT vs coturn
 //	dusk-bench conns       RSS and goroutines per idle/pinging libp2p connection
 //	dusk-bench creds       /dusk/turn-credentials/1.0.0 throughput and latency
 //	dusk-bench directory   /dusk/directory/1.0.0 Register/Search throughput and latency
@@ -40,6 +41,7 @@ type subcommand struct {
 
 var subcommands = map[string]subcommand{
 	"turn":       {"TURN relayed UDP throughput/loss/CPU: ours vs coturn", runTURN},
+	"uclient":    {"coturn's turnutils_uclient saturating ours and coturn: loss, RTT, jitter, CPU", runUclient},
 	"conns":      {"daemon RSS and goroutines per libp2p connection, setup rate", runConns},
 	"creds":      {"turn-credentials request-response throughput and latency", runCreds},
 	"directory":  {"directory Register/Search throughput and latency", runDirectory},
