@@ -426,7 +426,11 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 		c.wdl.Store(now.UnixNano())
 		_ = c.Conn.SetWriteDeadline(now.Add(c.l.lim.write))
 	}
-	n, err := c.Conn.Write(p)
+	q := withReasonPhrase(p)
+	n, err := c.Conn.Write(q)
+	if n == len(q) {
+		n = len(p) // the caller's bytes, whatever the phrase added
+	}
 	if err != nil {
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			c.l.writeTimeouts.Add(1)
