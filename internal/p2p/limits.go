@@ -142,6 +142,17 @@ func limitConfig(c config.Relay, cluster ...protocol.ID) rcmgr.ConcreteLimitConf
 	// Relay: a live circuit holds a hop and a stop stream.
 	relayStreams := 2*c.MaxCircuits + min(maxReservations(c), 4096)
 	svc(relay.ServiceName, relayStreams)
+	// The relay books 2 x BufferSize per circuit in its service scope at
+	// high priority (refused above 80 % of the budget) and a message per
+	// stream in handshake. go-libp2p's default service budget (63 MiB on a
+	// 24 GiB host) held ~800 circuits with our buffers: 19,500 simulated
+	// clients got 3,064 circuits refused with RESOURCE_LIMIT_EXCEEDED
+	// while the circuit cap was 2,693 (dusk-bench clients -n 19500).
+	relayMemory := (int64(max(c.MaxCircuits, 0))*2*relayBufferSize + int64(relayStreams)*relayMessageSize) * 5 / 4
+	rl := p.Service[relay.ServiceName]
+	raise64(&rl.Memory, relayMemory)
+	p.Service[relay.ServiceName] = rl
+	raise64(&p.System.Memory, int64(p.System.Memory)+relayMemory)
 
 	// The circuit mesh: a stream per circuit relayed between two relays of
 	// the cluster, up to the circuit cap, which the per-peer defaults (128
@@ -244,6 +255,14 @@ func newConnManager(maxConns int, opts ...connmgr.Option) (*connmgr.BasicConnMgr
 	return connmgr.NewConnManager(low, low+outboundSlack, opts...)
 }
 
+// relayBufferSize is each direction's copy buffer of a circuit (go-libp2p's
+// default 2 KiB meant a syscall per 2 KiB); relayMessageSize is the
+// largest circuit v2 message go-libp2p books per stream in handshake.
+const (
+	relayBufferSize  = 32 << 10
+	relayMessageSize = 4096
+)
+
 // relayResources maps the Rust relay's limits onto go-libp2p's. go-libp2p
 // counts circuits per peer only (MaxCircuits), keeps one reservation per
 // peer (a second one is a renewal, so DUSK_RELAY_MAX_RESERVATIONS_PER_PEER
@@ -260,7 +279,7 @@ func relayResources(c config.Relay) relay.Resources {
 	r.MaxReservationsPerASN = total
 	r.MaxCircuits = c.MaxCircuitsPerPeer
 	r.Limit = relayLimit(c.CircuitDuration, c.CircuitBytes)
-	r.BufferSize = 32 << 10
+	r.BufferSize = relayBufferSize
 	return r
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -717,6 +718,13 @@ func TestLimitConfigFitsMaxConns(t *testing.T) {
 		}
 		if int64(sys.Memory) < int64(mc)*streamWindow {
 			t.Errorf("MaxConns %d: memory %d cannot hold one stream window per connection", mc, sys.Memory)
+		}
+		// Every circuit the cap allows gets its buffers: the relay books
+		// them at high priority, refused above 80 % of its service budget.
+		cfg.MaxCircuits = config.DefaultMaxCircuits(mc)
+		rl := limitConfig(cfg).ToPartialLimitConfig().Service[relay.ServiceName]
+		if held := int64(cfg.MaxCircuits) * 2 * relayBufferSize; float64(held) > 0.8*float64(rl.Memory) {
+			t.Errorf("MaxConns %d: %d circuits hold %d bytes of buffers, over 80 %% of the relay budget %d", mc, cfg.MaxCircuits, held, rl.Memory)
 		}
 		cm, err := newConnManager(mc)
 		if err != nil {
