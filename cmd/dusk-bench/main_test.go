@@ -14,6 +14,21 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.IgnoreLibp2p()...) }
 
+// runBench runs dusk-bench with args against the daemon in
+// DUSK_BENCH_RELAY_BIN (default: go build) and fails the test on a
+// non-zero exit.
+func runBench(t *testing.T, args ...string) (stdout, stderr string) {
+	t.Helper()
+	if bin := os.Getenv("DUSK_BENCH_RELAY_BIN"); bin != "" {
+		args = append(args, "-relay-bin", bin)
+	}
+	var out, errOut bytes.Buffer
+	if code := run(args, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	return out.String(), errOut.String()
+}
+
 // The quickest `turn` path against our server only: builds and starts the
 // real daemon, allocates through it and relays packets, so the tool cannot
 // silently rot. Numbers are tiny; nothing is timed.
@@ -21,17 +36,9 @@ func TestTURNQuickOurs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the daemon")
 	}
-	args := []string{"turn", "-quick", "-only", "ours", "-allocs", "1,3", "-duration", "300ms", "-warmup", "100ms"}
-	if bin := os.Getenv("DUSK_BENCH_RELAY_BIN"); bin != "" { // a prebuilt daemon; default: go build
-		args = append(args, "-relay-bin", bin)
-	}
-	var out, errOut bytes.Buffer
-	code := run(args, &out, &errOut)
-	if code != 0 {
-		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
-	}
+	out, _ := runBench(t, "turn", "-quick", "-only", "ours", "-allocs", "1,3", "-duration", "300ms", "-warmup", "100ms")
 	rows := 0
-	for _, line := range strings.Split(out.String(), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		// payload B, allocs, W, pps, loss %, CPU ms/kpkt, stalls
 		if len(f) != 7 || f[0] != "200" {
@@ -48,9 +55,9 @@ func TestTURNQuickOurs(t *testing.T) {
 		}
 	}
 	if rows != 2 {
-		t.Fatalf("want 2 result rows (1 and 3 allocations), got %d:\n%s", rows, out.String())
+		t.Fatalf("want 2 result rows (1 and 3 allocations), got %d:\n%s", rows, out)
 	}
-	if !strings.Contains(out.String(), "allocs/s") {
-		t.Errorf("no allocation setup rate in output:\n%s", out.String())
+	if !strings.Contains(out, "allocs/s") {
+		t.Errorf("no allocation setup rate in output:\n%s", out)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,20 +124,12 @@ func TestUclientQuick(t *testing.T) {
 			t.Skipf("%s not in PATH (apt-get install coturn): skipping the uclient end-to-end run", bin)
 		}
 	}
-	args := []string{"uclient", "-quick"}
-	if bin := os.Getenv("DUSK_BENCH_RELAY_BIN"); bin != "" { // a prebuilt daemon; default: go build
-		args = append(args, "-relay-bin", bin)
-	}
-	var out, errOut bytes.Buffer
-	code := run(args, &out, &errOut)
-	if code != 0 {
-		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
-	}
-	if strings.Contains(out.String(), "FAILED") {
-		t.Fatalf("a client run failed:\n%s\nstderr:\n%s", out.String(), errOut.String())
+	out, errOut := runBench(t, "uclient", "-quick")
+	if strings.Contains(out, "FAILED") {
+		t.Fatalf("a client run failed:\n%s\nstderr:\n%s", out, errOut)
 	}
 	seen := map[string]bool{}
-	for _, line := range strings.Split(out.String(), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		// round, server, sent, received, loss %, mean RTT, max RTT, jitter,
 		// error answers, 437 retries, connect s, transmit s, wall s,
@@ -167,9 +158,9 @@ func TestUclientQuick(t *testing.T) {
 		}
 	}
 	if !seen["ours"] || !seen["coturn"] {
-		t.Fatalf("want a result row for ours and coturn, got %v:\n%s", seen, out.String())
+		t.Fatalf("want a result row for ours and coturn, got %v:\n%s", seen, out)
 	}
-	if !strings.Contains(out.String(), "ours/coturn") {
-		t.Errorf("no ours/coturn summary:\n%s", out.String())
+	if !strings.Contains(out, "ours/coturn") {
+		t.Errorf("no ours/coturn summary:\n%s", out)
 	}
 }

@@ -4,34 +4,9 @@ import (
 	"errors"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/pion/stun/v3"
 )
-
-// stunRoundTrip sends one request from conn to the server and decodes the
-// answer with the same transaction ID.
-func stunRoundTrip(t *testing.T, conn net.PacketConn, to net.Addr, setters ...stun.Setter) *stun.Message {
-	t.Helper()
-	req := stun.MustBuild(setters...)
-	if _, err := conn.WriteTo(req.Raw, to); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1500)
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, _, err := conn.ReadFrom(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
-	if err := m.Decode(); err != nil {
-		t.Fatal(err)
-	}
-	if m.TransactionID != req.TransactionID {
-		t.Fatal("transaction ID mismatch")
-	}
-	return m
-}
 
 // pion answers 437, 486 and its other errors with an empty reason phrase;
 // clients see the standard one (coturn's test client printed "error 437 ()").

@@ -327,6 +327,30 @@ func TestAuthFailuresAre401(t *testing.T) {
 	}
 }
 
+// stunRoundTrip sends one request from conn to the server and decodes the
+// answer with the same transaction ID.
+func stunRoundTrip(t *testing.T, conn net.PacketConn, to net.Addr, setters ...stun.Setter) *stun.Message {
+	t.Helper()
+	req := stun.MustBuild(setters...)
+	if _, err := conn.WriteTo(req.Raw, to); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1500)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := conn.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+	if err := m.Decode(); err != nil {
+		t.Fatal(err)
+	}
+	if m.TransactionID != req.TransactionID {
+		t.Fatal("transaction ID mismatch")
+	}
+	return m
+}
+
 // A 401 from the gate must carry REALM and the NONCE, per RFC 5389 §10.2.2.
 func TestUnauthorizedResponseShape(t *testing.T) {
 	s := startServer(t, testConfig())
@@ -337,24 +361,7 @@ func TestUnauthorizedResponseShape(t *testing.T) {
 	defer conn.Close()
 	roundTrip := func(setters ...stun.Setter) *stun.Message {
 		t.Helper()
-		req := stun.MustBuild(setters...)
-		if _, err := conn.WriteTo(req.Raw, s.UDPAddr()); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 1500)
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, _, err := conn.ReadFrom(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := &stun.Message{Raw: buf[:n]}
-		if err := m.Decode(); err != nil {
-			t.Fatal(err)
-		}
-		if m.TransactionID != req.TransactionID {
-			t.Fatal("transaction ID mismatch")
-		}
-		return m
+		return stunRoundTrip(t, conn, s.UDPAddr(), setters...)
 	}
 	allocate := stun.NewType(stun.MethodAllocate, stun.ClassRequest)
 	transport := stun.RawAttribute{Type: stun.AttrRequestedTransport, Value: []byte{17, 0, 0, 0}}
