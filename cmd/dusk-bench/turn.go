@@ -35,6 +35,21 @@ type turnSample struct {
 	allocRate float64 // allocations/s during setup
 }
 
+// turnDaemonEnv is our daemon's environment for TURN load against coturn:
+// the same UDP threads, and the quotas lifted that coturn does not apply.
+func turnDaemonEnv(threads int) map[string]string {
+	return map[string]string{
+		"DUSK_TURN_UDP_THREADS":     strconv.Itoa(threads),
+		"DUSK_TURN_MAX_ALLOCATIONS": "100000",
+		// Every generator socket is on 127.0.0.1: lift the per-IP quota
+		// (ignored by builds that predate it).
+		"DUSK_TURN_MAX_PER_IP": "100000",
+		// coturn runs without max-bps; a limit no flow reaches keeps
+		// the per-packet bandwidth check in the measured path.
+		"DUSK_TURN_MAX_BPS": "1099511627776",
+	}
+}
+
 func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	fs := flag.NewFlagSet("turn", flag.ContinueOnError)
 	rounds := fs.Int("rounds", 3, "rounds; each round runs every cell on every server (A B A B)")
@@ -73,16 +88,7 @@ func runTURN(ctx context.Context, env *runEnv, args []string) error {
 	secret := bench.RandomSecret()
 	var servers []turnServer
 	if *only != "coturn" {
-		d, err := env.startDaemon(ctx, "ours", map[string]string{
-			"DUSK_TURN_UDP_THREADS":     strconv.Itoa(*threads),
-			"DUSK_TURN_MAX_ALLOCATIONS": "100000",
-			// Every generator socket is on 127.0.0.1: lift the per-IP quota
-			// (ignored by builds that predate it).
-			"DUSK_TURN_MAX_PER_IP": "100000",
-			// coturn runs without max-bps; a limit no flow reaches keeps
-			// the per-packet bandwidth check in the measured path.
-			"DUSK_TURN_MAX_BPS": "1099511627776",
-		}, secret)
+		d, err := env.startDaemon(ctx, "ours", turnDaemonEnv(*threads), secret)
 		if err != nil {
 			return err
 		}

@@ -94,22 +94,15 @@ func runUclient(ctx context.Context, env *runEnv, args []string) error {
 	secret := bench.RandomSecret()
 	var servers []uclientServer
 	if *only != "coturn" {
-		d, err := env.startDaemon(ctx, "ours", map[string]string{
-			"DUSK_TURN_UDP_THREADS":     strconv.Itoa(*threads),
-			"DUSK_TURN_MAX_ALLOCATIONS": "100000",
-			// Every client socket is on 127.0.0.1 and every session uses
-			// the username "user": lift the per-IP and per-peer quotas.
-			"DUSK_TURN_MAX_PER_IP":   "100000",
-			"DUSK_TURN_MAX_PER_USER": "100000",
-			// As in `turn`: a limit no flow reaches keeps the per-packet
-			// bandwidth check in the measured path.
-			"DUSK_TURN_MAX_BPS": "1099511627776",
-			// Relay ports apart from `turn`'s (20000-29999), below the
-			// ephemeral range the client's sockets use. A uclient run
-			// leaves ~m/2 allocations to expire (10 min): 4,000 ports.
-			"DUSK_TURN_PORT_RANGE_START": "12000",
-			"DUSK_TURN_PORT_RANGE_END":   "15999",
-		}, secret)
+		denv := turnDaemonEnv(*threads)
+		// Every session uses the username "user": lift the per-peer quota.
+		denv["DUSK_TURN_MAX_PER_USER"] = "100000"
+		// Relay ports apart from `turn`'s (20000-29999), below the
+		// ephemeral range the client's sockets use. A uclient run leaves
+		// ~m/2 allocations to expire (10 min): 4,000 ports.
+		denv["DUSK_TURN_PORT_RANGE_START"] = "12000"
+		denv["DUSK_TURN_PORT_RANGE_END"] = "15999"
+		d, err := env.startDaemon(ctx, "ours", denv, secret)
 		if err != nil {
 			return err
 		}
